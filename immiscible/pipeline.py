@@ -1,0 +1,63 @@
+"""Pipeline glue: run a paper notebook with its parameters from params.yaml (what each DVC notebook stage calls).
+
+    python -m immiscible.pipeline distance_reduction            # params.yaml's `distance_reduction` group
+    python -m immiscible.pipeline assignment_timing --params params.yaml
+
+The notebook ``notebooks/<name>.ipynb`` is executed by papermill into ``results/notebooks/<name>.ipynb`` with the
+group's values as parameters (plus ``data_dir`` and ``output_dir``); its tables and figures go to ``results/``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_params(path: str | Path = "params.yaml") -> dict:
+    """The whole params.yaml as a dict (groups are validated by the code that uses them)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run from the project root or pass --params")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def notebook_parameters(params: dict, group: str) -> dict:
+    if group not in params:
+        raise ValueError(f"params.yaml has no group {group!r}; groups: {sorted(params)}")
+    values = dict(params[group])
+    values.setdefault("dataset", params.get("data", {}).get("dataset", "cifar10"))
+    return values
+
+
+def run_notebook(name: str, parameters: dict, output_dir: str | Path = "results", data_dir: str | Path = "data",
+                 notebook_dir: str | Path | None = None) -> Path:
+    """Execute notebooks/<name>.ipynb with ``parameters``; returns the executed copy's path."""
+    import papermill as pm
+
+    src = Path(notebook_dir or ROOT / "notebooks") / f"{name}.ipynb"
+    if not src.exists():
+        raise FileNotFoundError(f"no notebook {src}")
+    out = Path(output_dir) / "notebooks" / f"{name}.ipynb"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    params = {"data_dir": str(data_dir), "output_dir": str(output_dir), **parameters}
+    pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(Path.cwd()))
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Run one paper notebook with its params.yaml group.")
+    p.add_argument("notebook", help="notebook name, e.g. distance_reduction (also the params.yaml group)")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--group", default=None, help="params.yaml group (default: the notebook's name)")
+    p.add_argument("--output-dir", default="results")
+    p.add_argument("--data-dir", default="data")
+    a = p.parse_args(argv)
+    parameters = notebook_parameters(load_params(a.params), a.group or a.notebook)
+    print(run_notebook(a.notebook, parameters, a.output_dir, a.data_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""Assignment timing (the slides' performance table, first row): how long the noise assignment takes.
+
+Each method is timed in two parts: ``distance_ms`` (the B x B image-noise distance matrix, one GEMM) and
+``assign_ms`` (solving for the permutation on CPU). The paper quotes 5.4 / 6.7 / 8.8 / 22.8 ms at
+B = 128 / 256 / 512 / 1024 on an A6000 machine. Next to the time, every row gives the achieved change of the
+mean image-noise distance, since a fast method that loses the reduction is worthless.
+
+Methods timed here:
+    exact        optimal L2 permutation, ``lap`` Jonker-Volgenant solver (the project's default)
+    exact_scipy  the same optimum from scipy's linear_sum_assignment on the raw L2 matrix (the plain baseline)
+    quantized    the official code's fp16 distances of 0.1-scaled tensors, scipy solve
+    greedy       each image takes its nearest free noise (approximate, O(B^2))
+    knn          k candidate noises per image, keep the nearest (not a permutation; ``knn_k`` candidates;
+                 its time includes drawing the B*k candidates and is reported as ``assign_ms``)
+"""
+from __future__ import annotations
+
+import math
+import platform
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.optimize import linear_sum_assignment
+from tqdm.auto import tqdm
+
+from immiscible.assignment import greedy_permutation, image_noise_distance, knn_noise, mean_pair_distance, \
+    solve_assignment
+from immiscible.distance_reduction import PAPER_TIME_MS
+
+TIMING_METHODS = ("exact", "exact_scipy", "quantized", "greedy", "knn")
+
+
+def hardware_description(device: str) -> str:
+    """A short string naming the hardware the timings ran on."""
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch threads"
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, 1e3 * (time.perf_counter() - t)
+
+
+def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_k: int):
+    """Returns (paired noise, distance_ms, assign_ms) for one batch."""
+    if method == "knn":
+        out, ms = _timed(lambda: knn_noise(x0, knn_k), device)
+        return out, float("nan"), ms
+    if method == "quantized":
+        def dist():
+            d = image_noise_distance(x0 * 0.1, noise * 0.1, dtype=torch.float16 if device.startswith("cuda") else None)
+            return d.to(torch.float16).float().cpu().numpy()
+    else:
+        def dist():
+            return image_noise_distance(x0, noise).double().cpu().numpy()
+    cost, distance_ms = _timed(dist, device)
+    if method == "exact":
+        perm, assign_ms = _timed(lambda: solve_assignment(cost, "lap"), "cpu")
+    elif method == "exact_scipy":
+        perm, assign_ms = _timed(lambda: linear_sum_assignment(cost)[1], "cpu")
+    elif method == "quantized":
+        perm, assign_ms = _timed(lambda: linear_sum_assignment(cost)[1], "cpu")
+    else:
+        perm, assign_ms = _timed(lambda: greedy_permutation(cost), "cpu")
+    return noise[torch.as_tensor(perm, device=noise.device)], distance_ms, assign_ms
+
+
+def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072, device: str = "cpu",
+                    repeats: int = 5, max_seconds: float = 20.0, knn_k: int = 64, seed: int = 0,
+                    images: torch.Tensor | None = None) -> pd.DataFrame:
+    """Median timings per (method, batch size). Data: rows of ``images`` (float, [-1, 1], at least max(B) rows)
+    when given, else uniform [-1, 1] vectors of size ``dim``; noise is standard Gaussian. A point stops repeating
+    once it has used ``max_seconds`` (at least one timed run, after one warm-up at small sizes)."""
+    bad = [m for m in methods if m not in TIMING_METHODS]
+    if bad:
+        raise ValueError(f"unknown timing method(s) {bad}; choose from {TIMING_METHODS}")
+    if any(not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch sizes must be positive integers, got {batch_sizes}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    g = torch.Generator().manual_seed(seed)
+    if images is not None:
+        images = images.reshape(len(images), -1)
+        dim = images.shape[1]
+        if len(images) < max(batch_sizes):
+            raise ValueError(f"{len(images)} images given but the largest batch size is {max(batch_sizes)}")
+    hw = hardware_description(device)
+    rows = []
+    for B in tqdm(batch_sizes, desc="assignment timing"):
+        if images is not None:
+            x0 = images[torch.randperm(len(images), generator=g)[:B]]
+        else:
+            x0 = torch.rand((B, dim), generator=g) * 2 - 1
+        noise = torch.randn((B, dim), generator=g)
+        x0, noise = x0.to(device), noise.to(device)
+        base = mean_pair_distance(x0, noise)
+        for method in methods:
+            if B <= 1024:
+                _solve(method, x0, noise, device, knn_k)   # warm-up (allocators, BLAS threads, CUDA kernels)
+            runs, start = [], time.perf_counter()
+            while len(runs) < repeats and (not runs or time.perf_counter() - start < max_seconds):
+                runs.append(_solve(method, x0, noise, device, knn_k))
+            paired = runs[-1][0]
+            d_ms = statistics.median(r[1] for r in runs)
+            a_ms = statistics.median(r[2] for r in runs)
+            rows.append({
+                "method": method, "batch_size": B, "dim": dim, "device": device, "hardware": hw,
+                "distance_ms": d_ms, "assign_ms": a_ms, "total_ms": a_ms + (0.0 if math.isnan(d_ms) else d_ms),
+                "repeats": len(runs),
+                "delta_mean_distance_pct": 100.0 * (mean_pair_distance(x0, paired) - base) / base,
+                "paper_total_ms": PAPER_TIME_MS.get(B, float("nan")),
+            })
+    return pd.DataFrame(rows)
+
+
+def growth_exponents(df: pd.DataFrame, min_batch: int = 512) -> pd.DataFrame:
+    """Slope of log(total_ms) against log(B) per method, fitted on B >= ``min_batch``: time ~ B^slope."""
+    rows = []
+    for method, sub in df[df.batch_size >= min_batch].groupby("method", sort=False):
+        if sub.batch_size.nunique() >= 2:
+            slope = np.polyfit(np.log(sub.batch_size), np.log(sub.total_ms), 1)[0]
+            rows.append({"method": method, "exponent": float(slope), "fitted_from_batch_size": min_batch})
+    return pd.DataFrame(rows)
+
+
+def plot_timing(df: pd.DataFrame, path=None):
+    """Log-log total time vs batch size per method, with the paper's numbers marked."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for method, sub in df.groupby("method", sort=False):
+        axes[0].plot(sub.batch_size, sub.total_ms, "o-", label=method)
+        axes[1].plot(sub.batch_size, sub.delta_mean_distance_pct, "o-", label=method)
+    axes[0].plot(list(PAPER_TIME_MS), list(PAPER_TIME_MS.values()), "k*--", ms=11, label="paper (A6000 machine)")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("distance + assignment time (ms)")
+    axes[0].set_title(f"{df.hardware.iloc[0][:60]}", fontsize=8)
+    axes[1].set_xscale("log", base=2)
+    axes[1].set_ylabel("change of mean image-noise distance (%)")
+    axes[1].set_title(f"achieved reduction (D={df.dim.iloc[0]})", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("batch size B")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig

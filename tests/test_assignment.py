@@ -1,0 +1,181 @@
+"""Noise assignment: optimality, permutation validity, contracts and errors."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from immiscible import assign_noise, assignment_permutation, image_noise_distance, knn_noise, mean_pair_distance
+from immiscible.assignment import greedy_permutation, reduce_cost, solve_assignment
+
+
+def _pair(B, shape=(3, 4, 4), seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    x0 = (torch.rand((B,) + shape, generator=g) * 2 - 1).to(dtype)
+    noise = torch.randn((B,) + shape, generator=g).to(dtype)
+    return x0, noise
+
+
+def _total(x0, noise, perm, squared=False):
+    d = (x0.reshape(len(x0), -1).double() - noise[perm].reshape(len(x0), -1).double()).norm(dim=1)
+    return float((d ** 2 if squared else d).sum())
+
+
+@pytest.mark.parametrize("B", [2, 3, 5, 7])
+@pytest.mark.parametrize("solver", ["lap", "scipy"])
+def test_exact_is_optimal_against_brute_force(B, solver):
+    for seed in range(3):
+        x0, noise = _pair(B, seed=seed)
+        perm = assignment_permutation(x0, noise, "exact", solver=solver)
+        best = min(_total(x0, noise, list(p)) for p in itertools.permutations(range(B)))
+        assert _total(x0, noise, perm) == pytest.approx(best, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("B", [6])
+def test_sqeuclidean_cost_is_optimal_for_squared_distance(B):
+    x0, noise = _pair(B, seed=4)
+    perm = assignment_permutation(x0, noise, "exact", cost="sqeuclidean")
+    best = min(_total(x0, noise, list(p), squared=True) for p in itertools.permutations(range(B)))
+    assert _total(x0, noise, perm, squared=True) == pytest.approx(best, rel=1e-9)
+
+
+@pytest.mark.parametrize("B", [16, 128, 1024])
+def test_exact_matches_scipy_on_the_same_cost(B):
+    x0, noise = _pair(B, shape=(3, 8, 8), seed=B)
+    cost = image_noise_distance(x0, noise).double().numpy()
+    r, c = linear_sum_assignment(cost)
+    perm = assignment_permutation(x0, noise, "exact").numpy()
+    assert sorted(perm.tolist()) == list(range(B))
+    assert cost[np.arange(B), perm].sum() == pytest.approx(cost[r, c].sum(), rel=1e-12)
+
+
+def test_row_column_reduction_keeps_the_optimum():
+    rng = np.random.default_rng(0)
+    cost = rng.normal(50, 0.1, (40, 40))  # nearly constant, like raw L2 between images and noise
+    r, c = linear_sum_assignment(cost)
+    r2, c2 = linear_sum_assignment(reduce_cost(cost))
+    assert cost[r, c2].sum() == pytest.approx(cost[r, c].sum(), rel=1e-12)
+    assert (reduce_cost(cost) >= 0).all()
+
+
+def test_assigned_noise_is_a_permutation_of_rows_and_reduces_distance():
+    x0, noise = _pair(64, seed=1)
+    out = assign_noise(x0, noise)
+    rows = {tuple(r.tolist()) for r in noise.reshape(64, -1)}
+    assert {tuple(r.tolist()) for r in out.reshape(64, -1)} == rows
+    assert mean_pair_distance(x0, out) < mean_pair_distance(x0, noise)
+
+
+@pytest.mark.parametrize("method", ["exact", "quantized", "greedy"])
+def test_every_method_returns_a_valid_permutation_no_worse_than_identity(method):
+    x0, noise = _pair(50, seed=2)
+    perm = assignment_permutation(x0, noise, method)
+    assert sorted(perm.tolist()) == list(range(50))
+    exact = assignment_permutation(x0, noise, "exact")
+    assert _total(x0, noise, exact) <= _total(x0, noise, perm) + 1e-9
+    assert _total(x0, noise, perm) < _total(x0, noise, torch.arange(50))
+
+
+def test_quantized_is_near_optimal_on_pixels():
+    x0, noise = _pair(256, shape=(3, 32, 32), seed=3)
+    q = _total(x0, noise, assignment_permutation(x0, noise, "quantized"))
+    e = _total(x0, noise, assignment_permutation(x0, noise, "exact"))
+    r = _total(x0, noise, torch.arange(256))
+    assert e <= q < r
+    assert (r - q) / (r - e) > 0.9  # fp16 ties lose at most a little of the reduction
+
+
+def test_greedy_permutation_is_seeded():
+    cost = np.random.default_rng(0).random((30, 30))
+    assert (greedy_permutation(cost, 1) == greedy_permutation(cost, 1)).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 8, 8), (10,), (4, 2, 2, 2)])
+def test_shape_dtype_device_and_no_mutation(dtype, shape):
+    x0, noise = _pair(9, shape=shape, dtype=dtype)
+    x0_before, noise_before = x0.clone(), noise.clone()
+    out = assign_noise(x0, noise)
+    assert out.shape == noise.shape and out.dtype == dtype and out.device == noise.device
+    assert torch.equal(x0, x0_before) and torch.equal(noise, noise_before)
+
+
+def test_batch_of_one_returns_the_input_and_result_is_deterministic():
+    x0, noise = _pair(1)
+    assert torch.equal(assign_noise(x0, noise), noise)
+    x0, noise = _pair(100, seed=5)
+    assert torch.equal(assign_noise(x0, noise), assign_noise(x0, noise))
+
+
+def test_groups_assign_only_within_each_group():
+    x0, noise = _pair(40, seed=6)
+    labels = torch.arange(40) % 4
+    perm = assignment_permutation(x0, noise, groups=labels)
+    assert sorted(perm.tolist()) == list(range(40))
+    assert torch.equal(labels[perm], labels)  # every noise stays within its image's class
+    for g in range(4):  # and within a class the assignment is the exact one
+        idx = (labels == g).nonzero().flatten()
+        sub = assignment_permutation(x0[idx], noise[idx])
+        assert torch.equal(perm[idx], idx[sub])
+
+
+def test_knn_keeps_the_nearest_of_k_candidates():
+    x0, _ = _pair(8, seed=7)
+    k = 5
+    out = knn_noise(x0, k, generator=torch.Generator().manual_seed(11))
+    cand = torch.randn((8, k) + x0.shape[1:], generator=torch.Generator().manual_seed(11))
+    d = (cand - x0[:, None]).reshape(8, k, -1).norm(dim=-1)
+    assert torch.equal(out, cand[torch.arange(8), d.argmin(1)])
+
+
+def test_knn_with_k_one_is_plain_gaussian_noise():
+    x0, _ = _pair(6)
+    out = knn_noise(x0, 1, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out, torch.randn(x0.shape, generator=torch.Generator().manual_seed(3)))
+
+
+def test_knn_chunking_does_not_change_the_result():
+    x0, _ = _pair(20, seed=8)
+    a = knn_noise(x0, 4, generator=torch.Generator().manual_seed(0), chunk=3)
+    b = knn_noise(x0, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: assign_noise(torch.zeros(4, 3), torch.zeros(4, 2)), "same shape"),
+    (lambda: assign_noise(torch.zeros(0, 3), torch.zeros(0, 3)), "empty batch"),
+    (lambda: assign_noise(torch.zeros(4, 3), torch.zeros(4, 3), method="hungarian"), "unknown assignment method"),
+    (lambda: assign_noise(torch.zeros(4, 3), torch.zeros(4, 3), method="knn"), "knn_noise"),
+    (lambda: assign_noise(torch.zeros(4, 3), torch.zeros(4, 3), cost="l1"), "unknown cost"),
+    (lambda: assign_noise(torch.zeros(4, 3), torch.zeros(4, 3), solver="x"), "unknown solver"),
+    (lambda: assign_noise(torch.zeros(4, 3), torch.zeros(4, 3), groups=torch.zeros(3)), "groups"),
+    (lambda: knn_noise(torch.zeros(4, 3), 0), "k must be"),
+    (lambda: knn_noise(torch.zeros(4, 3), 2.5), "k must be"),
+    (lambda: knn_noise(torch.zeros(0, 3), 2), "empty batch"),
+])
+def test_bad_arguments_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_solve_assignment_on_a_known_matrix():
+    cost = np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
+    for solver in ("lap", "scipy"):
+        perm = solve_assignment(cost, solver)
+        assert cost[np.arange(3), perm].sum() == 5.0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_assignment_stays_on_device_and_is_near_optimal(dtype):
+    x0, noise = _pair(256, shape=(3, 32, 32), seed=9)
+    out = assign_noise(x0.cuda().to(dtype), noise.cuda().to(dtype))
+    assert out.is_cuda and out.dtype == dtype
+    perm_cpu = assignment_permutation(x0, noise)
+    ref = _total(x0, noise, perm_cpu)
+    got = mean_pair_distance(x0.cuda().to(dtype).float(), out.float()) * 256
+    assert got <= ref * 1.001
+    k = knn_noise(x0.cuda(), 8)
+    assert k.is_cuda and k.shape == x0.shape
