@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test test-fast repro data lab notebooks clean-results
+.PHONY: setup test test-fast repro data lab notebooks device-check
 
 setup: $(STAMP)
 
@@ -40,3 +40,9 @@ lab: $(STAMP)
 
 notebooks: $(STAMP)
 	$(BIN)/python tools/make_notebooks.py
+
+# On a machine with an NVIDIA GPU: CUDA tests, then the timing notebook on CUDA
+# (writes results/tables/assignment_timing_cuda.csv with the hardware named in each row).
+device-check: $(STAMP)
+	$(BIN)/pytest -q -m cuda -rs
+	$(BIN)/python -m immiscible.pipeline assignment_timing --group assignment_timing_cuda

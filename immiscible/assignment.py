@@ -159,12 +159,16 @@ def knn_noise(x0: torch.Tensor, k: int, generator: torch.Generator | None = None
     cand = torch.randn(shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
     if k == 1:
         return cand[:, 0]
+    # ||c - x||^2 = ||c||^2 - 2 c.x + ||x||^2; the last term is the same for all k candidates of an image, so the
+    # nearest candidate is argmin(||c||^2 - 2 c.x): one batched GEMM, in fp16/bf16 on CUDA when x0 is.
+    work = x0.dtype if (x0.is_cuda and x0.dtype in (torch.float16, torch.bfloat16)) else torch.float32
+    best = torch.empty(B, dtype=torch.long, device=x0.device)
     with torch.no_grad():
-        flat_x = x0.reshape(B, 1, -1).float()
-        best = torch.empty(B, dtype=torch.long, device=x0.device)
-        for s in range(0, B, chunk):  # chunks bound the (chunk, k, D) temporary
-            d = (cand[s:s + chunk].reshape(min(chunk, B - s), k, -1).float() - flat_x[s:s + chunk]).pow(2).sum(-1)
-            best[s:s + chunk] = d.argmin(1)
+        for s in range(0, B, chunk):  # chunks bound the (chunk, k, D) temporaries
+            c = cand[s:s + chunk].reshape(-1, k, cand[0, 0].numel()).to(work)   # (b, k, D)
+            x = x0[s:s + chunk].reshape(len(c), -1, 1).to(work)                   # (b, D, 1)
+            score = (c * c).sum(-1) - 2 * torch.bmm(c, x).squeeze(-1)           # (b, k)
+            best[s:s + chunk] = score.argmin(1)
     return cand[torch.arange(B, device=x0.device), best]
 
 

@@ -1,9 +1,9 @@
 """Pipeline glue: run a paper notebook with its parameters from params.yaml (what each DVC notebook stage calls).
 
     python -m immiscible.pipeline distance_reduction            # params.yaml's `distance_reduction` group
-    python -m immiscible.pipeline assignment_timing --params params.yaml
+    python -m immiscible.pipeline assignment_timing --group assignment_timing_cuda   # another group, same notebook
 
-The notebook ``notebooks/<name>.ipynb`` is executed by papermill into ``results/notebooks/<name>.ipynb`` with the
+The notebook ``notebooks/<name>.ipynb`` is executed by papermill into ``results/notebooks/<group>.ipynb`` with the
 group's values as parameters (plus ``data_dir`` and ``output_dir``); its tables and figures go to ``results/``.
 """
 from __future__ import annotations
@@ -33,14 +33,14 @@ def notebook_parameters(params: dict, group: str) -> dict:
 
 
 def run_notebook(name: str, parameters: dict, output_dir: str | Path = "results", data_dir: str | Path = "data",
-                 notebook_dir: str | Path | None = None) -> Path:
-    """Execute notebooks/<name>.ipynb with ``parameters``; returns the executed copy's path."""
+                 notebook_dir: str | Path | None = None, run_name: str | None = None) -> Path:
+    """Execute notebooks/<name>.ipynb with ``parameters`` into results/notebooks/<run_name or name>.ipynb."""
     import papermill as pm
 
     src = Path(notebook_dir or ROOT / "notebooks") / f"{name}.ipynb"
     if not src.exists():
         raise FileNotFoundError(f"no notebook {src}")
-    out = Path(output_dir) / "notebooks" / f"{name}.ipynb"
+    out = Path(output_dir) / "notebooks" / f"{run_name or name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     params = {"data_dir": str(data_dir), "output_dir": str(output_dir), **parameters}
     pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(Path.cwd()))
@@ -55,8 +55,9 @@ def main(argv=None) -> None:
     p.add_argument("--output-dir", default="results")
     p.add_argument("--data-dir", default="data")
     a = p.parse_args(argv)
-    parameters = notebook_parameters(load_params(a.params), a.group or a.notebook)
-    print(run_notebook(a.notebook, parameters, a.output_dir, a.data_dir))
+    group = a.group or a.notebook
+    parameters = notebook_parameters(load_params(a.params), group)
+    print(run_notebook(a.notebook, parameters, a.output_dir, a.data_dir, run_name=group))
 
 
 if __name__ == "__main__":

@@ -85,10 +85,11 @@ def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_
 
 def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072, device: str = "cpu",
                     repeats: int = 5, max_seconds: float = 20.0, knn_k: int = 64, seed: int = 0,
-                    images: torch.Tensor | None = None) -> pd.DataFrame:
+                    images: torch.Tensor | None = None, dtype: str = "float32") -> pd.DataFrame:
     """Median timings per (method, batch size). Data: rows of ``images`` (float, [-1, 1], at least max(B) rows)
     when given, else uniform [-1, 1] vectors of size ``dim``; noise is standard Gaussian. A point stops repeating
-    once it has used ``max_seconds`` (at least one timed run, after one warm-up at small sizes)."""
+    once it has used ``max_seconds`` (at least one timed run, after one warm-up at small sizes). ``dtype``
+    ('float32', 'float16', 'bfloat16') is the precision of images and noise (low precision is meant for CUDA)."""
     bad = [m for m in methods if m not in TIMING_METHODS]
     if bad:
         raise ValueError(f"unknown timing method(s) {bad}; choose from {TIMING_METHODS}")
@@ -98,6 +99,9 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
         raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu'")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if dtype not in dtypes:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {list(dtypes)}")
     g = torch.Generator().manual_seed(seed)
     if images is not None:
         images = images.reshape(len(images), -1)
@@ -112,7 +116,7 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
         else:
             x0 = torch.rand((B, dim), generator=g) * 2 - 1
         noise = torch.randn((B, dim), generator=g)
-        x0, noise = x0.to(device), noise.to(device)
+        x0, noise = x0.to(device, dtypes[dtype]), noise.to(device, dtypes[dtype])
         base = mean_pair_distance(x0, noise)
         for method in methods:
             if B <= 1024:
@@ -124,7 +128,7 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
             d_ms = statistics.median(r[1] for r in runs)
             a_ms = statistics.median(r[2] for r in runs)
             rows.append({
-                "method": method, "batch_size": B, "dim": dim, "device": device, "hardware": hw,
+                "method": method, "batch_size": B, "dim": dim, "device": device, "dtype": dtype, "hardware": hw,
                 "distance_ms": d_ms, "assign_ms": a_ms, "total_ms": a_ms + (0.0 if math.isnan(d_ms) else d_ms),
                 "repeats": len(runs),
                 "delta_mean_distance_pct": 100.0 * (mean_pair_distance(x0, paired) - base) / base,

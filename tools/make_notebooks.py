@@ -94,7 +94,8 @@ methods = ["exact", "exact_scipy", "quantized", "greedy", "knn"]
 dim = 3072                 # flattened sample size for synthetic data (used when dataset is None)
 dataset = "cifar10"        # images to pair with noise (their dim overrides `dim`); None: uniform [-1, 1] vectors
 data_dir = "data"
-device = "cpu"
+device = "cpu"             # "cuda" on a GPU machine
+dtype = "float32"          # float16 / bfloat16: precision of images and noise (the distance GEMM runs in it on CUDA)
 repeats = 5
 max_seconds = 20.0         # stop repeating one point after this long
 knn_k = 64
@@ -119,7 +120,7 @@ if dataset:
     ("md", "## Median time per method and batch size"),
     ("code", """
 df = time_assignment(methods, batch_sizes, dim=dim, device=device, repeats=repeats, max_seconds=max_seconds,
-                     knn_k=knn_k, seed=seed, images=images)
+                     knn_k=knn_k, seed=seed, images=images, dtype=dtype)
 df.to_csv(out / "tables" / table_name, index=False)
 print("hardware:", df.hardware.iloc[0])
 df.pivot(index="batch_size", columns="method", values="total_ms").round(1)

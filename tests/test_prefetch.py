@@ -1,0 +1,39 @@
+"""Background assignment gives exactly the synchronous result, in order."""
+import pytest
+import torch
+
+from immiscible.assignment import mean_pair_distance
+from immiscible.prefetch import draw_assigned_noise, prefetch_assigned_noise
+
+
+def _batches(n=6, B=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(B, 3, 4, 4, generator=g) * 2 - 1, torch.arange(B)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("method", ["vanilla", "exact", "quantized", "knn"])
+@pytest.mark.parametrize("ahead", [1, 3])
+def test_prefetched_noise_equals_synchronous_noise(method, ahead):
+    batches = _batches()
+    g_sync = torch.Generator().manual_seed(7)
+    expected = [draw_assigned_noise(x0, method, g_sync, k=4) for x0, _ in batches]
+    got = list(prefetch_assigned_noise(batches, method, torch.Generator().manual_seed(7), k=4, ahead=ahead))
+    assert len(got) == len(batches)
+    for (batch, noise), ref, orig in zip(got, expected, batches):
+        assert batch is orig
+        assert torch.equal(noise, ref)
+
+
+def test_assigned_noise_is_closer_than_vanilla():
+    x0 = _batches(1, B=128)[0][0]
+    v = draw_assigned_noise(x0, "vanilla", torch.Generator().manual_seed(0))
+    e = draw_assigned_noise(x0, "exact", torch.Generator().manual_seed(0))
+    assert sorted(map(tuple, v.flatten(1).tolist())) == sorted(map(tuple, e.flatten(1).tolist()))
+    assert mean_pair_distance(x0, e) < mean_pair_distance(x0, v)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="unknown noise method"):
+        draw_assigned_noise(torch.zeros(2, 3), "ot")
+    with pytest.raises(ValueError, match="ahead"):
+        next(prefetch_assigned_noise(_batches(), "exact", ahead=0))
