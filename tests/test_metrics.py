@@ -1,0 +1,66 @@
+"""FD/KID, the proxy feature extractor, steps-to-target and the efficiency ratio; sampling shapes."""
+import numpy as np
+import pytest
+import torch
+
+from immiscible.config import from_dict
+from immiscible.metrics import (ClassifierConfig, efficiency, frechet_distance, feature_stats, get_extractor,
+                                kernel_distance, load_proxy_extractor, steps_to_target, train_classifier,
+                                classifier_dir)
+from immiscible.models import build_unet
+from immiscible.sampling import sample_images, save_grid
+from immiscible.train import TrainConfig
+
+
+def test_fd_is_zero_for_same_features_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(2000, 8))
+    stats = feature_stats(ref)
+    assert frechet_distance(ref, stats) == pytest.approx(0.0, abs=1e-6)
+    shifted = frechet_distance(ref + 1.0, stats)
+    assert shifted == pytest.approx(8.0, rel=1e-3)  # |mu1 - mu2|^2
+    assert kernel_distance(ref + 1.0, ref, num_subsets=10, max_subset_size=200) > \
+        kernel_distance(rng.normal(size=(2000, 8)), ref, num_subsets=10, max_subset_size=200)
+    assert kernel_distance(ref, ref[::-1], 5, 100, seed=3) == kernel_distance(ref, ref[::-1], 5, 100, seed=3)
+
+
+def test_steps_to_target_interpolates_and_nan_when_never_reached():
+    steps = [100, 200, 300]
+    assert steps_to_target(steps, [50, 30, 10], 20) == pytest.approx(250)
+    assert steps_to_target(steps, [50, 30, 10], 60) == 100
+    assert np.isnan(steps_to_target(steps, [50, 30, 25], 20))
+
+
+def test_efficiency_ratio_of_a_method_twice_as_fast():
+    steps = np.array([100, 200, 300, 400])
+    base = np.array([40.0, 30.0, 20.0, 10.0])
+    slow = [base + e for e in (0.0, 0.5, -0.5)]
+    fast = [np.array([30.0, 10.0, 8.0, 7.0]) + e for e in (0.0, 0.3, -0.3)]
+    out = efficiency(steps, slow, fast, target=10.0, n_boot=200)
+    assert out["ratio"] == pytest.approx(2.0, rel=0.01)
+    assert out["ratio_ci_low"] <= out["ratio"] <= out["ratio_ci_high"]
+
+
+def test_proxy_classifier_trains_caches_and_extracts(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    images = torch.randint(0, 100, (200, 3, 8, 8), generator=g, dtype=torch.uint8) + (labels * 150).to(torch.uint8)[:, None, None, None]
+    cfg = ClassifierConfig(dataset="toy", resolution=8, epochs=3, batch_size=32, out_dir=str(tmp_path), progress=False)
+    info = train_classifier(cfg, images, labels)
+    assert info["test_accuracy"] > 0.9  # the two classes differ in brightness
+    extractor = load_proxy_extractor(classifier_dir(tmp_path, "toy", 8))
+    feats = extractor(images.permute(0, 2, 3, 1).numpy())
+    assert feats.shape == (200, 128) and "proxy" in extractor.label and "FID" not in extractor.label
+    with pytest.raises(ValueError, match="'fancy'.*auto.*inception.*proxy"):
+        get_extractor("fancy")
+
+
+@pytest.mark.parametrize("objective", ["eps", "flow"])
+def test_sampling_shapes_and_grid(tmp_path, objective):
+    cfg = from_dict(TrainConfig, {"resolution": 8, "objective": objective})
+    model = build_unet("tiny", 8)
+    images = sample_images(model, cfg, 5, num_inference_steps=2, batch_size=4, progress=False)
+    assert images.shape == (5, 8, 8, 3) and images.dtype == np.uint8
+    again = sample_images(model, cfg, 5, num_inference_steps=2, batch_size=4, progress=False)
+    assert (images == again).all()  # seeded
+    assert save_grid(images, tmp_path / "g.png").stat().st_size > 0
