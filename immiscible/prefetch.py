@@ -12,7 +12,7 @@ timing of the threads, and the training loop's own RNG is never touched from ano
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -36,6 +36,26 @@ def draw_assigned_noise(x0: torch.Tensor, method: str, generator: torch.Generato
     return assign_noise(x0, noise, method=method, **options)
 
 
+def prefetch(fn: Callable, items: Iterable, ahead: int = 1) -> Iterator:
+    """Yield ``fn(item)`` for each item, in order, computing the next ``ahead`` results in one background thread."""
+    if ahead < 1:
+        raise ValueError(f"ahead must be >= 1 (batches assigned in advance), got {ahead}")
+    it = iter(items)
+    pending: list = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immiscible-assign") as pool:
+        def submit() -> None:
+            for item in it:
+                pending.append(pool.submit(fn, item))
+                return
+
+        for _ in range(ahead):
+            submit()
+        while pending:
+            fut = pending.pop(0)
+            submit()
+            yield fut.result()
+
+
 def prefetch_assigned_noise(batches: Iterable, method: str = "exact", generator: torch.Generator | None = None,
                             k: int = 1, ahead: int = 1, key=None, **options) -> Iterator[tuple]:
     """Yield ``(batch, noise)`` with the noise for the next ``ahead`` batches computed in a background thread.
@@ -44,26 +64,10 @@ def prefetch_assigned_noise(batches: Iterable, method: str = "exact", generator:
     a tuple/list, as a DataLoader of (images, labels) gives)."""
     if method not in NOISE_METHODS:
         raise ValueError(f"unknown noise method {method!r}; choose one of {NOISE_METHODS}")
-    if ahead < 1:
-        raise ValueError(f"ahead must be >= 1 (batches assigned in advance), got {ahead}")
     if key is None:
         def key(b):
             return b[0] if isinstance(b, (tuple, list)) else b
-    it = iter(batches)
-    pending: list = []
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="immiscible-assign") as pool:
-        def submit() -> bool:
-            try:
-                batch = next(it)
-            except StopIteration:
-                return False
-            pending.append((batch, pool.submit(draw_assigned_noise, key(batch), method, generator, k, **options)))
-            return True
 
-        for _ in range(ahead):
-            if not submit():
-                break
-        while pending:
-            batch, fut = pending.pop(0)
-            submit()
-            yield batch, fut.result()
+    def pair(batch):
+        return batch, draw_assigned_noise(key(batch), method, generator, k, **options)
+    return prefetch(pair, batches, ahead)

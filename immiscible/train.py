@@ -40,11 +40,12 @@ from immiscible.config import choices, from_dict, to_dict, validate
 from immiscible.data import load_dataset
 from immiscible.models import MODEL_CONFIGS, build_unet, num_parameters
 from immiscible.objectives import OBJECTIVES, model_time, sample_t, training_pair
+from immiscible.prefetch import prefetch
 
 METHODS = ("vanilla", "exact", "quantized", "knn")
 # Fields that may change between a run and its resumption (they do not change the trajectory).
 RESUMABLE_FIELDS = ("steps", "output_dir", "checkpoint_every", "checkpoints_total_limit", "snapshot_every",
-                    "log_every", "progress", "data_dir")
+                    "log_every", "progress", "data_dir", "assign_background")
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class TrainConfig:
     assign_cost: str = field(default="l2", metadata=choices("l2", "sqeuclidean"))
     assign_solver: str = field(default="lap", metadata=choices("lap", "scipy"))
     assign_scope: str = field(default="global", metadata=choices("global", "local"))  # across processes or per process
+    assign_background: bool = True        # assign batch s+1 in a thread while training on batch s (same results)
     # optimisation
     batch_size: int = 64                  # global batch (all processes together) = the assignment batch
     steps: int = 1000
@@ -364,7 +366,9 @@ def load_run_model(run_dir: str | Path, step: int | None = None):
 
 def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
     current = to_dict(cfg)
-    diff = {k: (saved.get(k), v) for k, v in current.items() if k not in RESUMABLE_FIELDS and saved.get(k) != v}
+    defaults = to_dict(TrainConfig())  # a field added after the checkpoint was written counts as its default
+    diff = {k: (saved.get(k, defaults[k]), v) for k, v in current.items()
+            if k not in RESUMABLE_FIELDS and saved.get(k, defaults[k]) != v}
     if diff:
         raise ValueError(f"{path} was trained with a different config {diff} (saved, requested). Use another "
                          "output_dir for the new setting, or delete the old run to start over.")
@@ -448,12 +452,21 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     t_start, loss_sum, loss_count, last_loss = time.perf_counter(), 0.0, 0, float("nan")
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=f"train {cfg.method}-{cfg.seed}", unit="step", mininterval=1.0)
-    for step in bar:
+
+    def next_batch(step: int) -> tuple:
+        """x0, its (assigned) noise and the step's generator: a pure function of (seed, step, rank)."""
         idx = batch_indices(cfg.seed, step, cfg.batch_size, n_images)[rank * local_batch:(rank + 1) * local_batch]
         x0 = to_model_input(images[torch.from_numpy(idx)]).to(accelerator.device)  # (B, C, H, W) in [-1, 1]
         generator = step_generator(cfg.seed, step, rank, accelerator.device)
+        return (x0, generator) + draw_noise(cfg, x0, generator, accelerator)
+
+    # The exact solve runs on the CPU and releases the GIL: batch s+1 is assigned in a thread while batch s trains.
+    # Not with a global assignment over several processes (its all-gather must stay on the main thread).
+    background = cfg.assign_background and not (cfg.assign_scope == "global" and world > 1)
+    steps = range(start_step, cfg.steps)
+    batches = prefetch(next_batch, steps) if background else map(next_batch, steps)
+    for step, (x0, generator, noise, dist_before, dist_after, assign_ms, assign_batch) in zip(bar, batches):
         torch.manual_seed(int(step_generator(cfg.seed, step, rank + world, torch.device("cpu")).initial_seed()))  # dropout
-        noise, dist_before, dist_after, assign_ms, assign_batch = draw_noise(cfg, x0, generator, accelerator)
         t = sample_t(cfg.objective, x0.shape[0], cfg.num_train_timesteps, generator, accelerator.device)
         x_t, target = training_pair(cfg.objective, x0, noise, t, alphas_cumprod)  # one noise for both
         with accelerator.autocast():

@@ -139,3 +139,13 @@ def test_cli_reads_profile_from_params_and_overrides(tmp_path):
     assert on_change == "restart"
     with pytest.raises(ValueError, match=r"unknown profile 'laptop'"):
         train_module.config_from_args(["--profile", "laptop", "--params", str(params)])
+
+
+def test_background_assignment_gives_the_same_weights_as_synchronous(tmp_path):
+    images = _images()
+    for name, background in (("bg", True), ("sync", False)):
+        train(_cfg(tmp_path, name, method="exact", steps=3, checkpoint_every=3, assign_background=background),
+              images=images)
+    a = load_file(tmp_path / "bg" / "checkpoint-0000003" / "model.safetensors")
+    b = load_file(tmp_path / "sync" / "checkpoint-0000003" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
