@@ -1,0 +1,81 @@
+"""Benchmark: what the assignment costs inside training (a ratio against vanilla measured in the same run).
+
+    python -m immiscible.bench --profile cpu --batch-sizes 256 1024 --steps 12 --repeats 2
+
+For each batch size it trains the profile's model for ``steps`` steps with ``vanilla`` noise, with ``exact`` assigned
+synchronously, and with ``exact`` assigned in the background thread (the default of ``immiscible.train``), in
+alternating order, and reports the median seconds per step and the ratio exact / vanilla. Writes
+``results/tables/assignment_overhead.csv``. Nothing here is a pass/fail test: the numbers are printed and saved.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from immiscible.config import from_dict
+from immiscible.timing import hardware_description
+from immiscible.train import TrainConfig, load_images, train
+
+VARIANTS = (("vanilla", False), ("exact", False), ("exact", True))  # (method, assign in background)
+
+
+def seconds_per_step(cfg: TrainConfig, images, warmup: int = 2) -> float:
+    """Steady-state seconds per step: a ``cfg.steps`` run minus a ``warmup``-step run (the first steps pay for
+    allocations and thread start-up), divided by the difference in steps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        first = train(replace(cfg, steps=warmup, output_dir=f"{tmp}/warmup"), images=images)
+        full = train(replace(cfg, output_dir=f"{tmp}/full"), images=images)
+    return (full["seconds"] - first["seconds"]) / (cfg.steps - warmup)
+
+
+def assignment_overhead(profile: str = "cpu", batch_sizes=(256, 1024), steps: int = 12, repeats: int = 2,
+                        params: str = "params.yaml", data_dir: str = "data") -> pd.DataFrame:
+    """Seconds per training step for each variant and batch size, and the ratio to vanilla."""
+    from immiscible.unconditional import load_profile
+
+    if steps < 4:
+        raise ValueError(f"steps must be >= 4 (2 warm-up steps are discarded), got {steps}")
+    base = dict(load_profile(profile, params)["train"])
+    base.update(progress=False, checkpoint_every=10**9, snapshot_every=0, log_every=10**9, data_dir=data_dir)
+    cfg0 = from_dict(TrainConfig, base)
+    images = load_images(cfg0.dataset, "train", data_dir, cfg0.resolution)
+    rows = []
+    for B in batch_sizes:
+        times: dict[tuple, list] = {v: [] for v in VARIANTS}
+        for _ in range(repeats):
+            for method, background in VARIANTS:
+                cfg = replace(cfg0, batch_size=B, steps=steps, method=method, assign_background=background)
+                times[(method, background)].append(seconds_per_step(cfg, images))
+        vanilla = statistics.median(times[("vanilla", False)])
+        for (method, background), ts in times.items():
+            s = statistics.median(ts)
+            rows.append({"profile": profile, "model": cfg0.model, "resolution": cfg0.resolution, "batch_size": B,
+                         "method": method, "background": background, "seconds_per_step": s,
+                         "ratio_vs_vanilla": s / vanilla, "steps_timed": steps - 2, "repeats": repeats,
+                         "hardware": hardware_description("cpu")})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Training-step overhead of the exact assignment vs vanilla.")
+    p.add_argument("--profile", default="cpu")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--out", default="results/tables/assignment_overhead.csv")
+    a = p.parse_args(argv)
+    df = assignment_overhead(a.profile, a.batch_sizes, a.steps, a.repeats, a.params, a.data_dir)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(a.out, index=False)
+    print(df[["batch_size", "method", "background", "seconds_per_step", "ratio_vs_vanilla"]].round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
