@@ -13,11 +13,11 @@ import argparse
 import statistics
 import tempfile
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 
 from immiscible.config import from_dict
+from immiscible.io import atomic_write_text
 from immiscible.timing import hardware_description
 from immiscible.train import TrainConfig, load_images, train
 
@@ -72,8 +72,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="results/tables/assignment_overhead.csv")
     a = p.parse_args(argv)
     df = assignment_overhead(a.profile, a.batch_sizes, a.steps, a.repeats, a.params, a.data_dir)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(a.out, index=False)
+    atomic_write_text(a.out, df.to_csv(index=False))
     print(df[["batch_size", "method", "background", "seconds_per_step", "ratio_vs_vanilla"]].round(4).to_string(index=False))
 
 

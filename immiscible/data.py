@@ -21,7 +21,6 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
+
+from immiscible.io import atomic_write, atomic_write_text
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -197,15 +198,7 @@ def download_cifar10(root: str | os.PathLike) -> dict[str, ImageDataset]:
 # ----------------------------------------------------------------------------- prepared arrays
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: np.savez(tmp, **arrays))
 
 
 def prepare_dataset(dataset: str, out_dir: str | os.PathLike, archive: str | None = None) -> dict:
@@ -226,7 +219,7 @@ def prepare_dataset(dataset: str, out_dir: str | os.PathLike, archive: str | Non
     for split, ds in splits.items():
         _atomic_savez(out_dir / f"{split}.npz", images=ds.images, labels=ds.labels, classes=np.asarray(ds.classes))
     info["name"] = dataset if dataset == "cifar10" else Path(dataset).name
-    (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out_dir / "info.json", json.dumps(info, indent=2) + "\n")
     return info
 
 

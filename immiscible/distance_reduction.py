@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from immiscible.assignment import assignment_permutation, mean_pair_distance
 from immiscible.data import ImageDataset
+from immiscible.io import atomic_savefig
 
 PAPER_DELTA_PCT = {128: -1.93, 256: -2.16, 512: -2.32, 1024: -2.44}
 PAPER_TIME_MS = {128: 5.4, 256: 6.7, 512: 8.8, 1024: 22.8}
@@ -114,5 +115,5 @@ def plot_distance_reduction(df: pd.DataFrame, path=None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        atomic_savefig(fig, path, dpi=120)
     return fig

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from immiscible.config import from_dict, load_yaml_group
+from immiscible.io import atomic_write, atomic_write_text
 
 INCEPTION_DEFAULT = Path("/tmp") / "inception-2015-12-05.pt"  # clean-fid's fixed location
 EXTRACTORS = ("auto", "inception", "proxy")
@@ -145,10 +145,8 @@ def train_classifier(cfg: ClassifierConfig, train_images: torch.Tensor | None = 
             "channels": int(train_images.shape[1]), "num_classes": num_classes, "width": cfg.width,
             "feature_dim": cfg.feature_dim, "epochs": cfg.epochs, "train_images": len(train_images),
             "test_images": len(test_images), "test_accuracy": accuracy, "seconds": time.perf_counter() - start}
-    tmp = out / f".tmp-classifier-{os.getpid()}.safetensors"
-    save_file(model.state_dict(), tmp)
-    os.replace(tmp, out / "classifier.safetensors")
-    (out / "info.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write(out / "classifier.safetensors", lambda tmp: save_file(model.state_dict(), tmp))
+    atomic_write_text(out / "info.json", json.dumps(info, indent=2) + "\n")
     return info
 
 

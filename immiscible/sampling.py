@@ -14,6 +14,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from immiscible.data import to_uint8
+from immiscible.io import atomic_write
 from immiscible.objectives import PREDICTION_TYPES, check_objective
 
 
@@ -87,8 +88,6 @@ def make_grid(images: np.ndarray, nrow: int | None = None, padding: int = 2, sca
 
 def save_grid(images: np.ndarray, path: str | Path, nrow: int | None = None, scale: int = 1) -> Path:
     """Save uint8 (N, H, W, C) images as one PNG grid."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     grid = make_grid(images, nrow, scale=scale)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
-    return path
+    image = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    return atomic_write(path, image.save)

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from immiscible.assignment import greedy_permutation, image_noise_distance, knn_noise, mean_pair_distance, \
     solve_assignment
 from immiscible.distance_reduction import PAPER_TIME_MS
+from immiscible.io import atomic_savefig
 
 TIMING_METHODS = ("exact", "exact_scipy", "quantized", "greedy", "knn")
 
@@ -147,6 +148,27 @@ def growth_exponents(df: pd.DataFrame, min_batch: int = 512) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def recommend_methods(df: pd.DataFrame, keep: float = 0.95) -> pd.DataFrame:
+    """Per batch size: the fastest permutation method that keeps at least ``keep`` of the exact method's distance
+    reduction, next to the exact method's time. KNN is listed apart: it is not a permutation (it changes the noise
+    marginal), so its larger reduction is not comparable."""
+    rows = []
+    for B, sub in df.groupby("batch_size"):
+        sub = sub.set_index("method")
+        if "exact" not in sub.index:
+            continue
+        ref = sub.loc["exact", "delta_mean_distance_pct"]
+        perms = sub.drop(index=[m for m in ("knn",) if m in sub.index])
+        ok = perms[perms.delta_mean_distance_pct <= keep * ref]
+        best = ok.total_ms.idxmin()
+        rows.append({"batch_size": B, "recommended": best, "total_ms": ok.loc[best, "total_ms"],
+                     "reduction_kept_pct": 100 * ok.loc[best, "delta_mean_distance_pct"] / ref,
+                     "exact_ms": sub.loc["exact", "total_ms"],
+                     "greedy_reduction_kept_pct": (100 * sub.loc["greedy", "delta_mean_distance_pct"] / ref
+                                                   if "greedy" in sub.index else float("nan"))})
+    return pd.DataFrame(rows)
+
+
 def plot_timing(df: pd.DataFrame, path=None):
     """Log-log total time vs batch size per method, with the paper's numbers marked."""
     import matplotlib.pyplot as plt
@@ -169,5 +191,5 @@ def plot_timing(df: pd.DataFrame, path=None):
         ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
+        atomic_savefig(fig, path, dpi=120)
     return fig

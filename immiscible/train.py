@@ -10,7 +10,9 @@ Reproducibility (designed so that a killed run resumes to bitwise the same weigh
 - noise and timesteps come from a generator seeded by (seed, step, rank), so they need no saved state;
 - dropout uses torch's global RNG, whose state is saved with numpy's and python's in every checkpoint;
 - a checkpoint is written into a temporary folder, checksummed (SHA256SUMS), then renamed into place with
-  ``os.replace``; on resume a checkpoint whose checksums fail is skipped with a warning.
+  ``os.replace``; on resume a checkpoint whose checksums fail is skipped with a warning;
+- snapshots and run files go through ``immiscible.io`` (temporary file, then ``os.replace``); the ``.tmp-*`` leftovers
+  of a killed write are removed when the run starts again (docs/bad_inputs.md lists what each failure gives).
 
     python -m immiscible.train --profile cpu --method exact --seed 0 --output-dir checkpoints/unconditional/cpu/exact-0
     accelerate launch --multi_gpu --num_processes 2 -m immiscible.train --profile smoke ...   # several processes
@@ -22,6 +24,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 import warnings
@@ -38,6 +41,7 @@ from tqdm.auto import tqdm
 from immiscible.assignment import assign_noise, knn_noise, mean_pair_distance
 from immiscible.config import choices, from_dict, to_dict, validate
 from immiscible.data import load_dataset
+from immiscible.io import NO_SPACE, atomic_write, atomic_write_text, no_space_error
 from immiscible.models import MODEL_CONFIGS, build_unet, num_parameters
 from immiscible.objectives import OBJECTIVES, model_time, sample_t, training_pair
 from immiscible.prefetch import prefetch
@@ -216,9 +220,15 @@ def verify_checksums(folder: Path) -> bool:
     sums = folder / "SHA256SUMS"
     if not sums.is_file():
         return False
-    for line in sums.read_text().splitlines():
-        digest, name = line.split("  ", 1)
-        if not (folder / name).is_file() or _sha256(folder / name) != digest:
+    try:
+        lines = sums.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not lines:
+        return False
+    for line in lines:
+        digest, sep, name = line.partition("  ")
+        if not sep or not (folder / name).is_file() or _sha256(folder / name) != digest:
             return False
     return True
 
@@ -229,11 +239,12 @@ def checkpoint_step(path: Path) -> int:
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete-looking checkpoint folders of a run, oldest first."""
+    """Checkpoint folders (checkpoint-<digits>) of a run, oldest first; other names such as copies are ignored."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    return sorted((p for p in run_dir.glob("checkpoint-*") if p.is_dir()), key=checkpoint_step)
+    return sorted((p for p in run_dir.glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)),
+                  key=checkpoint_step)
 
 
 def latest_valid_checkpoint(run_dir: str | Path) -> Path | None:
@@ -246,28 +257,43 @@ def latest_valid_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def _atomic_dir(final: Path, write) -> Path:
-    """Call ``write(tmp_dir)``, checksum it, fsync, then rename it to ``final`` in one step."""
+    """Call ``write(tmp_dir)``, checksum it, fsync, then rename it to ``final`` in one step. A failed write removes
+    its temporary folder (a killed one leaves it to the next run's clean-up); a full disk says what to do."""
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write(tmp)
-    write_checksums(tmp)
-    for p in tmp.iterdir():
-        with open(p, "rb") as f:
-            os.fsync(f.fileno())
+    try:
+        write(tmp)
+        write_checksums(tmp)
+        for p in tmp.iterdir():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in NO_SPACE:
+            raise no_space_error(final, e) from e
+        raise
     if final.exists():
-        shutil.rmtree(final)
+        _remove_dir(final)
     os.replace(tmp, final)
     _fsync_dir(final.parent)
     return final
 
 
-def _atomic_file(final: Path, write) -> Path:
-    """Call ``write(tmp_path)``, then rename it to ``final``."""
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    write(tmp)
-    os.replace(tmp, final)
-    return final
+def _remove_dir(path: Path) -> None:
+    """Delete a folder by renaming it to .tmp-* first: a kill mid-way leaves only what the next run cleans up."""
+    doomed = path.parent / f".tmp-remove-{path.name}-{os.getpid()}"
+    try:
+        os.replace(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _remove_tmp(folder: Path) -> None:
+    """Delete the .tmp-* leftovers of writes that were killed."""
+    for tmp in folder.glob(".tmp-*") if folder.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def ema_state_dict(model, ema) -> dict[str, torch.Tensor]:
@@ -298,7 +324,7 @@ def save_checkpoint(run_dir: Path, step: int, cfg: TrainConfig, model, ema, opti
         (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
     path = _atomic_dir(run_dir / f"checkpoint-{step:07d}", write)
     for old in list_checkpoints(run_dir)[:-cfg.checkpoints_total_limit]:
-        shutil.rmtree(old, ignore_errors=True)
+        _remove_dir(old)
     return path
 
 
@@ -310,10 +336,26 @@ def _tuplify(x):
     return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
 
 
+def load_weights(model, path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors state dict into ``model``; weights of another model config -> ValueError saying so."""
+    weights = load_file(path)
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    wrong = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in expected.items()
+             if k in weights and weights[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        detail = (f"shape of {wrong[0][0]} is {wrong[0][1]}, the model expects {wrong[0][2]}" if wrong else
+                  f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise ValueError(f"{path} holds weights of another model config ({detail}). Load it with the config it "
+                         "was trained with (its run's train_config.json), or use another output_dir for a new model.")
+    model.load_state_dict(weights)
+    return weights
+
+
 def load_checkpoint(path: Path, model, ema, optimizer, lr_scheduler) -> dict:
     """Restore everything ``save_checkpoint`` wrote; returns state.json."""
     state = json.loads((path / "state.json").read_text())
-    model.load_state_dict(load_file(path / "model.safetensors"))
+    load_weights(model, path / "model.safetensors")
     ema_weights = load_file(path / "ema.safetensors")
     shadow = [ema_weights[name] for name, _ in model.named_parameters()]
     ema.load_state_dict({**state["ema"], "shadow_params": shadow})
@@ -337,7 +379,7 @@ def save_snapshot(run_dir: Path, step: int, model, ema) -> Path:
     folder = run_dir / "snapshots"
     folder.mkdir(parents=True, exist_ok=True)
     state = ema_state_dict(model, ema)
-    return _atomic_file(folder / f"ema-{step:07d}.safetensors",
+    return atomic_write(folder / f"ema-{step:07d}.safetensors",
                         lambda tmp: save_file(state, tmp, metadata={"step": str(step)}))
 
 
@@ -360,7 +402,7 @@ def load_run_model(run_dir: str | Path, step: int | None = None):
         raise ValueError(f"no snapshot for step {step} in {run_dir}; available steps: {sorted(snaps)}")
     channels = json.loads((run_dir / "model_config.json").read_text())["in_channels"]
     model = build_unet(cfg.model, cfg.resolution, channels, cfg.dropout)
-    model.load_state_dict(load_file(snaps[step]))
+    load_weights(model, snaps[step])
     return model.eval(), cfg
 
 
@@ -394,7 +436,9 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     accelerator = Accelerator(mixed_precision=mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world})")
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world}): use a "
+                         f"multiple of {world} such as {world * max(1, cfg.batch_size // world)}, or launch fewer "
+                         "processes")
     local_batch = cfg.batch_size // world
     run_dir = Path(cfg.output_dir)
     is_main = accelerator.is_main_process
@@ -440,10 +484,11 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
         start_step = state["step"]
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        for tmp in run_dir.glob(".tmp-*"):  # leftovers of a write that was killed
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink()
-        (run_dir / "train_config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-        (run_dir / "model_config.json").write_text(json.dumps(dict(raw_model.config), indent=2, default=str) + "\n")
+        _remove_tmp(run_dir)  # leftovers of writes that were killed
+        _remove_tmp(run_dir / "snapshots")
+        atomic_write_text(run_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+        atomic_write_text(run_dir / "model_config.json",
+                          json.dumps(dict(raw_model.config), indent=2, default=str) + "\n")
         _truncate_log(run_dir / "log.jsonl", start_step)
     accelerator.wait_for_everyone()
 
@@ -510,17 +555,31 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
                "seconds": seconds, "steps_per_s": ran / seconds if ran else None,
                "num_parameters": num_parameters(raw_model), "num_processes": world}
     if is_main and ran:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    accelerator.end_training()
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    # No accelerator.end_training() here: it destroys the process group, and train_all calls train() once per run
+    # in the same processes. Scripts call end_distributed() when done.
     return summary
 
 
+def end_distributed() -> None:
+    """Tear down the process group of a multi-process launch (once, at the end of a script)."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (written after the checkpoint a run resumes from)."""
+    """Drop log lines past ``step`` (written after the checkpoint a run resumes from) and a partial last line
+    (a run killed while appending)."""
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in lines))
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append((json.loads(line)["step"], line))
+        except (ValueError, KeyError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for s, line in records if s <= step))
 
 
 # ----------------------------------------------------------------------------- command line
@@ -565,6 +624,7 @@ def config_from_args(argv=None) -> tuple[TrainConfig, str]:
 def main(argv=None) -> None:
     cfg, on_change = config_from_args(argv)
     summary = train(cfg, on_change=on_change)
+    end_distributed()
     if int(os.environ.get("RANK", "0")) == 0:  # one summary, not one per process
         print(json.dumps(summary, indent=2))
 

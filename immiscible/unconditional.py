@@ -33,11 +33,13 @@ from tqdm.auto import tqdm
 
 from immiscible.assignment import assign_noise
 from immiscible.config import choices, from_dict, load_yaml_group
+from immiscible.io import atomic_save_npy, atomic_savefig, atomic_write_text
 from immiscible.metrics import (EXTRACTORS, ClassifierConfig, classifier_dir, efficiency, feature_stats,
                                 frechet_distance, get_extractor, inception_weights, kernel_distance,
                                 train_classifier)
 from immiscible.objectives import OBJECTIVES, predict_x0
-from immiscible.train import METHODS, TrainConfig, list_snapshots, load_images, load_run_model, to_model_input, train
+from immiscible.train import (METHODS, TrainConfig, check_config, end_distributed, list_snapshots, load_images,
+                              load_run_model, to_model_input, train)
 
 PROFILES: dict[str, dict] = {
     "smoke": {
@@ -162,7 +164,7 @@ def setup(profile: str = "smoke", dataset: str = "cifar10", data_dir: str = "dat
     for key, value in (("objective", objective), ("steps", steps), ("batch_size", batch_size)):
         if value is not None:
             train_values[key] = value
-    train_cfg = from_dict(TrainConfig, train_values)
+    train_cfg = check_config(from_dict(TrainConfig, train_values))
     eval_cfg = from_dict(EvalConfig, _merge(p["eval"], eval_overrides or {}))
     clf = from_dict(ClassifierConfig, {**p["classifier"], "dataset": dataset, "data_dir": data_dir,
                                        "resolution": train_cfg.resolution, "out_dir": classifier_root})
@@ -222,8 +224,7 @@ def reference_features(exp: Experiment, extractor) -> np.ndarray:
     if exp.eval.num_ref and exp.eval.num_ref < len(images):
         images = images[np.random.default_rng(0).permutation(len(images))[:exp.eval.num_ref]]
     feats = extractor(images.permute(0, 2, 3, 1).numpy(), progress=exp.eval.progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, feats)
+    atomic_save_npy(path, feats)
     return feats
 
 
@@ -262,10 +263,9 @@ def evaluate(exp: Experiment) -> pd.DataFrame:
                "checkpoint": str(path), "classifier_accuracy": extractor.info.get("test_accuracy"),
                "assign_batch": cfg.batch_size, "objective": cfg.objective, "model": cfg.model,
                "resolution": cfg.resolution}
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(row, indent=1) + "\n")
         if step == max(list_snapshots(exp.run_dir(method, seed))):
-            np.save(cache.with_suffix(".samples.npy"), images[:e.grid_size])
+            atomic_save_npy(cache.with_suffix(".samples.npy"), images[:e.grid_size])
+        atomic_write_text(cache, json.dumps(row, indent=1) + "\n")  # last: its presence marks the step as done
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["method", "seed", "step"]).reset_index(drop=True)
     _write_csv(table, Path(exp.output_dir) / "tables" / "unconditional_fid.csv")
@@ -273,11 +273,10 @@ def evaluate(exp: Experiment) -> pd.DataFrame:
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` unless the file already holds exactly this content (keeps DVC hashes stable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``df`` atomically unless the file already holds exactly this content (keeps DVC hashes stable)."""
     text = df.to_csv(index=False)
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        atomic_write_text(path, text)
     return path
 
 
@@ -334,7 +333,7 @@ def plot_curves(exp: Experiment, fid: pd.DataFrame, value: str = "fd"):
     ax.set_title(f"{exp.profile}: {value.upper()} vs steps ({int(fid.num_samples.iloc[0])} samples, EMA)", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(_figure_path(exp, f"{value}_curves"), dpi=120)
+    atomic_savefig(fig, _figure_path(exp, f"{value}_curves"), dpi=120)
     return fig
 
 
@@ -354,7 +353,7 @@ def sample_grids(exp: Experiment, seed: int | None = None):
         ax.set_title(f"{method}, seed {seed}, step {cfg.steps}")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(_figure_path(exp, "samples"), dpi=120)
+    atomic_savefig(fig, _figure_path(exp, "samples"), dpi=120)
     return fig
 
 
@@ -408,7 +407,7 @@ def last_step(exp: Experiment, num_show: int = 8):
         ax.set_title(title, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(_figure_path(exp, "last_step"), dpi=150)
+    atomic_savefig(fig, _figure_path(exp, "last_step"), dpi=150)
     return fig, table
 
 
@@ -452,6 +451,7 @@ def main(argv=None) -> None:
         fid = evaluate(exp)
         print(fid.to_string())
         print(efficiency_table(exp, fid).T.to_string())
+    end_distributed()
 
 
 if __name__ == "__main__":
