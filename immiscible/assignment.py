@@ -59,7 +59,9 @@ def image_noise_distance(x0: torch.Tensor, noise: torch.Tensor, cost: str = "l2"
         dtype = x0.dtype if low else torch.float32
     a = x0.reshape(x0.shape[0], -1).to(dtype)        # (B, D)
     b = noise.reshape(noise.shape[0], -1).to(dtype)  # (B, D)
-    sq = (a * a).sum(1, keepdim=True) + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)  # (B, B)
+    # The cross term is the GEMM (in ``dtype``); norms and the sum in fp32 so that fp16 cannot overflow.
+    cross = (a @ b.T).float()                                                           # (B, B)
+    sq = a.float().pow(2).sum(1, keepdim=True) + b.float().pow(2).sum(1)[None, :] - 2.0 * cross
     sq = sq.clamp_min_(0)
     return sq if cost == "sqeuclidean" else sq.sqrt_()
 
