@@ -406,6 +406,13 @@ def load_run_model(run_dir: str | Path, step: int | None = None):
     return model.eval(), cfg
 
 
+def model_config_json(model) -> str:
+    """The UNet's diffusers config as JSON, without diffusers' private keys (their order changes from process to
+    process, which would make identical runs look different to DVC)."""
+    config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+    return json.dumps(config, indent=2, default=str) + "\n"
+
+
 def _check_resumable(saved: dict, cfg: TrainConfig, path: Path) -> None:
     current = to_dict(cfg)
     defaults = to_dict(TrainConfig())  # a field added after the checkpoint was written counts as its default
@@ -487,8 +494,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
         _remove_tmp(run_dir)  # leftovers of writes that were killed
         _remove_tmp(run_dir / "snapshots")
         atomic_write_text(run_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-        atomic_write_text(run_dir / "model_config.json",
-                          json.dumps(dict(raw_model.config), indent=2, default=str) + "\n")
+        atomic_write_text(run_dir / "model_config.json", model_config_json(raw_model))
         _truncate_log(run_dir / "log.jsonl", start_step)
     accelerator.wait_for_everyone()
 

@@ -149,3 +149,14 @@ def test_background_assignment_gives_the_same_weights_as_synchronous(tmp_path):
     a = load_file(tmp_path / "bg" / "checkpoint-0000003" / "model.safetensors")
     b = load_file(tmp_path / "sync" / "checkpoint-0000003" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_model_config_json_is_the_same_in_every_process():
+    import os
+    import subprocess
+    import sys
+    code = ("from immiscible.models import build_unet; from immiscible.train import model_config_json; "
+            "print(model_config_json(build_unet('tiny', 8)))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3")}
+    assert len(outs) == 1 and '"in_channels": 3' in outs.pop()
