@@ -358,12 +358,15 @@ def sample_grids(exp: Experiment, seed: int | None = None):
 
 
 @torch.no_grad()
-def last_step(exp: Experiment, num_show: int = 8):
-    """x0-predictions at the last timestep from x_t built with assigned noise, for held-out images; returns
-    (figure, table of mean L2 distance prediction-to-truth per method, seed and noise kind)."""
+def last_step(exp: Experiment, num_show: int = 8, fractions=(1.0, 0.9, 0.8, 0.6)):
+    """x0-predictions of each model for held-out images noised with assigned noise at the last timestep (and, since
+    an eps-model's x0-prediction at t=T divides its error by sqrt(alpha_bar_T) ~ 0.006, at a few earlier times
+    ``fractions`` of T); returns (figure, table of the mean L2 distance prediction-to-truth per method, seed, noise
+    kind and timestep)."""
     import matplotlib.pyplot as plt
-    from immiscible.data import to_uint8
     from diffusers import DDPMScheduler
+    from immiscible.data import to_uint8
+    from immiscible.objectives import model_time, training_pair
     try:
         held_out = load_images(exp.train.dataset, "test", exp.train.data_dir, exp.train.resolution)
     except (FileNotFoundError, ValueError):
@@ -376,32 +379,32 @@ def last_step(exp: Experiment, num_show: int = 8):
     scheduler = DDPMScheduler(num_train_timesteps=cfg0.num_train_timesteps, beta_start=cfg0.beta_start,
                               beta_end=cfg0.beta_end, beta_schedule=cfg0.beta_schedule)
     alphas_cumprod = scheduler.alphas_cumprod
+    T = cfg0.num_train_timesteps
     flow = cfg0.objective == "flow"
-    t = torch.full((len(x0),), 1.0 if flow else cfg0.num_train_timesteps - 1)
-    if not flow:
-        t = t.long()
-    from immiscible.objectives import training_pair, model_time
-    x_t = {k: training_pair(cfg0.objective, x0, n, t, alphas_cumprod)[0] for k, n in noises.items()}
-    rows, shown = [], {}
+    times = [torch.full((len(x0),), f) if flow else torch.full((len(x0),), round(f * (T - 1)), dtype=torch.long)
+             for f in fractions]
     mean_image = to_model_input(load_images(exp.train.dataset, "train", exp.train.data_dir, cfg0.resolution)[:5000]).mean(0)
-    rows.append({"method": "dataset mean image", "seed": -1, "noise": "-",
-                 "mean_l2": float((x0 - mean_image).flatten(1).norm(dim=1).mean())})
+    rows = [{"method": "dataset mean image", "seed": -1, "noise": "-", "t": -1,
+             "mean_l2": float((x0 - mean_image).flatten(1).norm(dim=1).mean())}]
+    shown = {}
     for method in exp.methods:
         for seed in exp.seeds:
             model, cfg = load_run_model(exp.run_dir(method, seed))
-            for kind, xt in x_t.items():
-                out = model(xt, model_time(cfg.objective, t, cfg.num_train_timesteps)).sample
-                pred = predict_x0(cfg.objective, out, xt, t, alphas_cumprod).clamp(-1, 1)
-                rows.append({"method": method, "seed": seed, "noise": kind,
-                             "mean_l2": float((pred - x0).flatten(1).norm(dim=1).mean())})
-                if seed == exp.seeds[0] and kind == "assigned":
-                    shown[method] = pred[:num_show]
+            for t in times:
+                for kind, n in noises.items():
+                    x_t = training_pair(cfg.objective, x0, n, t, alphas_cumprod)[0]
+                    out = model(x_t, model_time(cfg.objective, t, cfg.num_train_timesteps)).sample
+                    pred = predict_x0(cfg.objective, out, x_t, t, alphas_cumprod).clamp(-1, 1)
+                    rows.append({"method": method, "seed": seed, "noise": kind, "t": float(t[0]),
+                                 "mean_l2": float((pred - x0).flatten(1).norm(dim=1).mean())})
+                    if seed == exp.seeds[0] and kind == "assigned":
+                        shown[(float(t[0]), method)] = pred[:num_show]
     table = pd.DataFrame(rows)
     _write_csv(table, Path(exp.output_dir) / "tables" / "unconditional_last_step.csv")
-    panels = [("truth x0", x0[:num_show]), ("x_T (assigned noise)", x_t["assigned"][:num_show])]
-    panels += [(f"{m} x0-prediction", p) for m, p in shown.items()]
+    panels = [("truth x0 (held-out)", x0[:num_show])]
+    panels += [(f"{m} x0-prediction at t={t:g} (assigned noise)", p) for (t, m), p in shown.items()]
     fig, axes = plt.subplots(len(panels), 1, figsize=(num_show * 0.9, 1.1 * len(panels)))
-    for ax, (title, x) in zip(axes, panels):
+    for ax, (title, x) in zip(np.atleast_1d(axes), panels):
         grid = make_row(to_uint8(x))
         ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray")
         ax.set_title(title, fontsize=8)
@@ -418,8 +421,9 @@ def make_row(images: np.ndarray) -> np.ndarray:
 
 
 def summarize_last_step(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean and std over seeds of the last-step distance, per method and noise kind."""
-    return table.groupby(["method", "noise"]).mean_l2.agg(["mean", "std", "count"]).reset_index()
+    """Mean and std over seeds of the prediction-to-truth distance, per timestep, noise kind and method."""
+    return (table.groupby(["t", "noise", "method"]).mean_l2.agg(["mean", "std", "count"]).reset_index()
+            .sort_values(["t", "noise", "method"], ascending=[False, True, True]))
 
 
 # ----------------------------------------------------------------------------- command line

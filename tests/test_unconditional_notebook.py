@@ -61,6 +61,8 @@ def test_notebook_runs_on_smoke_profile(tmp_path):
     assert {"target_fd", "steps_vanilla", "steps_method", "ratio", "ratio_ci_low", "ratio_ci_high"} <= set(eff.columns)
     last = pd.read_csv(out / "tables" / "unconditional_last_step.csv")
     assert {"vanilla", "exact"} <= set(last.method)
+    assert sorted(set(last[last.method == "exact"].t)) == [599.0, 799.0, 899.0, 999.0]  # T-1 and earlier times
+    assert set(last[last.method == "exact"].noise) == {"assigned", "random"}
     for name in ("fd_curves", "kid_curves", "samples", "last_step"):
         assert (out / "figures" / f"unconditional_{name}.png").stat().st_size > 0
     before = (out / "tables" / "unconditional_fid.csv").stat().st_mtime_ns
