@@ -74,7 +74,9 @@ class TrainConfig:
     assign_cost: str = field(default="l2", metadata=choices("l2", "sqeuclidean"))
     assign_solver: str = field(default="lap", metadata=choices("lap", "scipy"))
     assign_scope: str = field(default="global", metadata=choices("global", "local"))  # across processes or per process
-    assign_background: bool = True        # assign batch s+1 in a thread while training on batch s (same results)
+    # "thread": assign batch s+1 in a background thread while batch s trains (same results); "inline": in the loop;
+    # "auto": thread on a GPU, inline on CPU (there the thread would compete with torch for the same cores).
+    assign_background: str = field(default="auto", metadata=choices("auto", "thread", "inline"))
     # optimisation
     batch_size: int = 64                  # global batch (all processes together) = the assignment batch
     steps: int = 1000
@@ -513,7 +515,9 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
 
     # The exact solve runs on the CPU and releases the GIL: batch s+1 is assigned in a thread while batch s trains.
     # Not with a global assignment over several processes (its all-gather must stay on the main thread).
-    background = cfg.assign_background and not (cfg.assign_scope == "global" and world > 1)
+    background = (cfg.assign_background == "thread"
+                  or (cfg.assign_background == "auto" and accelerator.device.type != "cpu"))
+    background = background and not (cfg.assign_scope == "global" and world > 1)
     steps = range(start_step, cfg.steps)
     batches = prefetch(next_batch, steps) if background else map(next_batch, steps)
     for step, (x0, generator, noise, dist_before, dist_after, assign_ms, assign_batch) in zip(bar, batches):

@@ -15,7 +15,7 @@ def test_assignment_overhead_reports_all_variants(tmp_path):
         "dataset": "tiny", "model": "tiny", "resolution": 8, "batch_size": 8}}}}}))
     df = bench.assignment_overhead("smoke", batch_sizes=[8], steps=4, repeats=1, params=str(params),
                                    data_dir=str(tmp_path / "data"))
-    assert set(zip(df.method, df.background)) == set(bench.VARIANTS)
+    assert set(zip(df.method, df.assignment_runs)) == set(bench.VARIANTS)
     assert np.isclose(df[df.method == "vanilla"].ratio_vs_vanilla.iloc[0], 1.0)
     assert (df.seconds_per_step > 0).all()
     with pytest.raises(ValueError, match="steps must be >= 4"):

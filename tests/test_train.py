@@ -143,7 +143,7 @@ def test_cli_reads_profile_from_params_and_overrides(tmp_path):
 
 def test_background_assignment_gives_the_same_weights_as_synchronous(tmp_path):
     images = _images()
-    for name, background in (("bg", True), ("sync", False)):
+    for name, background in (("bg", "thread"), ("sync", "inline")):
         train(_cfg(tmp_path, name, method="exact", steps=3, checkpoint_every=3, assign_background=background),
               images=images)
     a = load_file(tmp_path / "bg" / "checkpoint-0000003" / "model.safetensors")
