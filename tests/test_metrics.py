@@ -64,3 +64,29 @@ def test_sampling_shapes_and_grid(tmp_path, objective):
     again = sample_images(model, cfg, 5, num_inference_steps=2, batch_size=4, progress=False)
     assert (images == again).all()  # seeded
     assert save_grid(images, tmp_path / "g.png").stat().st_size > 0
+
+
+def test_inception_weights_file_is_used_when_given_and_labelled_fid(tmp_path):
+    """A stand-in TorchScript file with clean-fid's layout (``.layers`` maps (B,3,299,299) to (B,2048,1,1))."""
+    class Layers(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.adaptive_avg_pool2d(x, 1).repeat(1, 683, 1, 1)[:, :2048]
+
+    class Base(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = Layers()
+
+        def forward(self, x):
+            return self.layers(x)
+
+    path = tmp_path / "inception-2015-12-05.pt"
+    torch.jit.script(Base()).save(str(path))
+    extractor = get_extractor("auto", classifier=None, inception_path=str(path))
+    assert extractor.name == "inception" and extractor.label == "FID"
+    grey = np.full((2, 8, 8, 3), 128, dtype=np.uint8)       # 128 is the zero of clean-fid's normalisation
+    white = np.full((1, 8, 8, 1), 255, dtype=np.uint8)      # grayscale is repeated to 3 channels
+    assert extractor(grey).shape == (2, 2048) and np.allclose(extractor(grey), 0, atol=1e-6)
+    assert np.allclose(extractor(white), 127 / 128, atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="inception weights"):
+        get_extractor("inception", inception_path=str(tmp_path / "missing.pt"))
