@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test test-fast repro data lab notebooks device-check
+.PHONY: setup test test-fast repro data lab notebooks device-check gpu-bundle
 
 setup: $(STAMP)
 
@@ -41,8 +41,12 @@ lab: $(STAMP)
 notebooks: $(STAMP)
 	$(BIN)/python tools/make_notebooks.py
 
-# On a machine with an NVIDIA GPU: CUDA tests, then the timing notebook on CUDA
-# (writes results/tables/assignment_timing_cuda.csv with the hardware named in each row).
+# On a machine with an NVIDIA GPU: the CUDA tests, the assignment timing on CUDA (results/device/tables/
+# assignment_timing_cuda.csv, the GPU named in each row) and the training-step overhead on the GPU.
 device-check: $(STAMP)
-	$(BIN)/pytest -q -m cuda -rs
-	$(BIN)/python -m immiscible.pipeline assignment_timing --group assignment_timing_cuda
+	PYTHON=$(BIN)/python bash tools/device_check.sh results/device
+
+# For a GPU machine without network that has a CUDA PyTorch but not this environment: wheels of what the check needs
+# beyond PyTorch, and 8192 CIFAR-10 images, into .gpu-bundle/ (about 30 MB); there run `bash tools/device_check.sh`.
+gpu-bundle: $(STAMP)
+	$(BIN)/python tools/make_gpu_bundle.py

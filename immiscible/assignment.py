@@ -169,7 +169,9 @@ def knn_noise(x0: torch.Tensor, k: int, generator: torch.Generator | None = None
         for s in range(0, B, chunk):  # chunks bound the (chunk, k, D) temporaries
             c = cand[s:s + chunk].reshape(-1, k, cand[0, 0].numel()).to(work)   # (b, k, D)
             x = x0[s:s + chunk].reshape(len(c), -1, 1).to(work)                   # (b, D, 1)
-            score = (c * c).sum(-1) - 2 * torch.bmm(c, x).squeeze(-1)           # (b, k)
+            # the squared norms in one read of the candidates (fp32 accumulation), the dot products in one GEMM
+            sq = torch.linalg.vector_norm(c, dim=-1, dtype=torch.float32).square_()  # (b, k)
+            score = sq - 2 * torch.bmm(c, x).squeeze(-1).float()                   # (b, k)
             best[s:s + chunk] = score.argmin(1)
     return cand[torch.arange(B, device=x0.device), best]
 

@@ -2,6 +2,7 @@
 
     python -m immiscible.pipeline distance_reduction            # params.yaml's `distance_reduction` group
     python -m immiscible.pipeline assignment_timing --group assignment_timing_cuda   # another group, same notebook
+    python -m immiscible.timing --group assignment_timing_cuda                       # the same without Jupyter
 
 The notebook ``notebooks/<name>.ipynb`` is executed by papermill into ``results/notebooks/<group>.ipynb`` with the
 group's values as parameters (plus ``data_dir`` and ``output_dir``); its tables and figures go to ``results/``.

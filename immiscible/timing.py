@@ -12,6 +12,10 @@ Methods timed here:
     greedy       each image takes its nearest free noise (approximate, O(B^2))
     knn          k candidate noises per image, keep the nearest (not a permutation; ``knn_k`` candidates;
                  its time includes drawing the B*k candidates and is reported as ``assign_ms``)
+
+The notebook ``notebooks/assignment_timing.ipynb`` shows these; without Jupyter (e.g. on a GPU machine):
+
+    python -m immiscible.timing --group assignment_timing_cuda --output-dir results/device
 """
 from __future__ import annotations
 
@@ -193,3 +197,63 @@ def plot_timing(df: pd.DataFrame, path=None):
     if path is not None:
         atomic_savefig(fig, path, dpi=120)
     return fig
+
+
+def run_group(params: dict, data_dir: str = "data", output_dir: str = "results", table_name: str | None = None,
+              **overrides) -> pd.DataFrame:
+    """What ``notebooks/assignment_timing.ipynb`` does, without Jupyter: time the methods of one params.yaml group,
+    write ``tables/<table_name>`` and its figure under ``output_dir``, and print the speed-up over scipy, the growth
+    exponents and the recommended method per batch size. For machines that have PyTorch but not the notebook stack
+    (the GPU check, ``tools/device_check.sh``)."""
+    from pathlib import Path
+
+    from immiscible.io import atomic_write_text
+
+    p = {**params, **{k: v for k, v in overrides.items() if v is not None}}
+    table_name = table_name or p.get("table_name", "assignment_timing.csv")
+    images = None
+    if p.get("dataset"):
+        from immiscible.data import load_dataset
+        images = load_dataset(p["dataset"], "train", data_dir).tensor(slice(0, max(p["batch_sizes"])))
+    df = time_assignment(list(p["methods"]), list(p["batch_sizes"]), dim=p.get("dim", 3072),
+                         device=p.get("device", "cpu"), repeats=p.get("repeats", 5),
+                         max_seconds=p.get("max_seconds", 20.0), knn_k=p.get("knn_k", 64), seed=p.get("seed", 0),
+                         images=images, dtype=p.get("dtype", "float32"))
+    out = Path(output_dir)
+    atomic_write_text(out / "tables" / table_name, df.to_csv(index=False))
+    plot_timing(df, out / "figures" / Path(table_name).with_suffix(".png").name)
+    print("hardware:", df.hardware.iloc[0])
+    print(df.pivot(index="batch_size", columns="method", values="total_ms").round(2).to_string())
+    if {"exact", "exact_scipy"} <= set(df.method):
+        ratio = (df[df.method == "exact_scipy"].set_index("batch_size").assign_ms
+                 / df[df.method == "exact"].set_index("batch_size").assign_ms)
+        print("exact solve speed-up over scipy on the raw L2 matrix:\n" + ratio.round(2).to_string())
+    growth = growth_exponents(df)
+    if len(growth):
+        print(growth.round(2).to_string(index=False))
+    print(recommend_methods(df).round(2).to_string(index=False))
+    return df
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    from immiscible.pipeline import load_params, notebook_parameters
+
+    p = argparse.ArgumentParser(description="Assignment timing for one params.yaml group, without Jupyter "
+                                            "(the notebook `assignment_timing` does the same and shows it).")
+    p.add_argument("--group", default="assignment_timing", help="params.yaml group, e.g. assignment_timing_cuda")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--output-dir", default="results")
+    p.add_argument("--device", default=None, help="override the group's device (cpu, cuda)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="override the group's batch sizes")
+    p.add_argument("--max-seconds", type=float, default=None, help="override the group's time per point")
+    a = p.parse_args(argv)
+    params = notebook_parameters(load_params(a.params), a.group)
+    run_group(params, a.data_dir, a.output_dir, device=a.device, batch_sizes=a.batch_sizes,
+              max_seconds=a.max_seconds)
+
+
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,7 @@ Reproducibility (designed so that a killed run resumes to bitwise the same weigh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -506,21 +507,31 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=f"train {cfg.method}-{cfg.seed}", unit="step", mininterval=1.0)
 
-    def next_batch(step: int) -> tuple:
-        """x0, its (assigned) noise and the step's generator: a pure function of (seed, step, rank)."""
-        idx = batch_indices(cfg.seed, step, cfg.batch_size, n_images)[rank * local_batch:(rank + 1) * local_batch]
-        x0 = to_model_input(images[torch.from_numpy(idx)]).to(accelerator.device)  # (B, C, H, W) in [-1, 1]
-        generator = step_generator(cfg.seed, step, rank, accelerator.device)
-        return (x0, generator) + draw_noise(cfg, x0, generator, accelerator)
-
     # The exact solve runs on the CPU and releases the GIL: batch s+1 is assigned in a thread while batch s trains.
     # Not with a global assignment over several processes (its all-gather must stay on the main thread).
     background = (cfg.assign_background == "thread"
                   or (cfg.assign_background == "auto" and accelerator.device.type != "cpu"))
     background = background and not (cfg.assign_scope == "global" and world > 1)
+    # On a GPU the thread queues its work (noise, distance GEMM) on a side stream, so that copying the distances to
+    # the CPU waits for that work only, not for the training step queued on the main stream.
+    side_stream = torch.cuda.Stream(accelerator.device) if background and accelerator.device.type == "cuda" else None
+
+    def next_batch(step: int) -> tuple:
+        """x0, its (assigned) noise and the step's generator: a pure function of (seed, step, rank)."""
+        idx = batch_indices(cfg.seed, step, cfg.batch_size, n_images)[rank * local_batch:(rank + 1) * local_batch]
+        with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
+            x0 = to_model_input(images[torch.from_numpy(idx)]).to(accelerator.device)  # (B, C, H, W) in [-1, 1]
+            generator = step_generator(cfg.seed, step, rank, accelerator.device)
+            return (x0, generator) + draw_noise(cfg, x0, generator, accelerator)
+
     steps = range(start_step, cfg.steps)
     batches = prefetch(next_batch, steps) if background else map(next_batch, steps)
     for step, (x0, generator, noise, dist_before, dist_after, assign_ms, assign_batch) in zip(bar, batches):
+        if side_stream is not None:  # the main stream uses x0 and noise only once the side stream has made them
+            main_stream = torch.cuda.current_stream(accelerator.device)
+            main_stream.wait_stream(side_stream)
+            x0.record_stream(main_stream)
+            noise.record_stream(main_stream)
         torch.manual_seed(int(step_generator(cfg.seed, step, rank + world, torch.device("cpu")).initial_seed()))  # dropout
         t = sample_t(cfg.objective, x0.shape[0], cfg.num_train_timesteps, generator, accelerator.device)
         x_t, target = training_pair(cfg.objective, x0, noise, t, alphas_cumprod)  # one noise for both

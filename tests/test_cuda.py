@@ -1,0 +1,62 @@
+"""CUDA-only checks (skipped on CPU): KNN on the GPU, the timing on CUDA, and training on a GPU with the assignment
+in a background thread on a side stream. `tools/device_check.sh` runs them on a GPU machine."""
+import json
+
+import pytest
+import torch
+
+import immiscible.train as train_module
+from immiscible.assignment import assign_noise, knn_noise, mean_pair_distance
+from immiscible.config import from_dict
+from immiscible.timing import time_assignment
+from immiscible.train import TrainConfig, train
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_knn_on_cuda_keeps_the_nearest_candidate(dtype):
+    B, k, shape = 64, 16, (3, 16, 16)
+    x0 = (torch.rand((B,) + shape, generator=torch.Generator().manual_seed(0)) * 2 - 1).cuda().to(dtype)
+    out = knn_noise(x0, k, generator=torch.Generator("cuda").manual_seed(5))
+    assert out.is_cuda and out.dtype == dtype and out.shape == x0.shape
+    cand = torch.randn((B, k) + shape, generator=torch.Generator("cuda").manual_seed(5), device="cuda", dtype=dtype)
+    d = (cand.double() - x0.double()[:, None]).flatten(2).norm(dim=-1)                      # (B, k)
+    chosen = (out.double() - x0.double()).flatten(1).norm(dim=-1)
+    assert (cand == out[:, None]).flatten(2).all(-1).any(-1).all()                            # one of the candidates
+    assert (chosen <= d.min(1).values * (1 + 1e-3)).all()                                     # the nearest (fp16 GEMM)
+
+
+def test_timing_on_cuda_names_the_gpu():
+    df = time_assignment(["exact", "knn"], [64, 128], dim=768, device="cuda", repeats=2, dtype="float16")
+    assert (df.device == "cuda").all() and df.hardware.str.contains(torch.cuda.get_device_name()).all()
+    assert (df[df.method == "exact"].delta_mean_distance_pct < 0).all()
+
+
+def test_gpu_training_thread_and_inline_see_the_same_assigned_noise(tmp_path, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
+    real = train_module.training_pair
+    seen = {}
+    for background in ("thread", "inline"):
+        got = seen.setdefault(background, [])
+
+        def spy(objective, x0, noise, t, alphas_cumprod, got=got):
+            assert x0.is_cuda and noise.is_cuda
+            got.append((x0.detach().cpu(), noise.detach().cpu()))
+            return real(objective, x0, noise, t, alphas_cumprod)
+
+        monkeypatch.setattr(train_module, "training_pair", spy)
+        cfg = from_dict(TrainConfig, dict(model="tiny", resolution=8, batch_size=32, steps=4, checkpoint_every=4,
+                                          snapshot_every=0, log_every=1, progress=False, method="exact",
+                                          mixed_precision="bf16", assign_background=background,
+                                          output_dir=str(tmp_path / background)))
+        summary = train(cfg, images=images)
+        assert torch.isfinite(torch.tensor(summary["final_loss"]))
+        log = [json.loads(line) for line in (tmp_path / background / "log.jsonl").read_text().splitlines()]
+        assert len(log) == 4 and all(r["dist_after"] < r["dist_before"] for r in log)
+    assert len(seen["thread"]) == len(seen["inline"]) == 4
+    for (xa, na), (xb, nb) in zip(seen["thread"], seen["inline"]):
+        assert torch.equal(xa, xb) and torch.equal(na, nb)
+        # the pairing the model saw is optimal: re-assigning it on the CPU does not lower the total distance
+        assert mean_pair_distance(xa, na) <= mean_pair_distance(xa, assign_noise(xa, na)) * (1 + 1e-6)

@@ -1,0 +1,66 @@
+"""The GPU check's plumbing, on the CPU: the timing CLI works without the notebook stack (a CUDA PyTorch image has
+no papermill, clean-fid or DVC), and tools/device_check.sh runs end to end in its DRY_RUN mode."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCKED = ("papermill", "nbformat", "nbclient", "ipykernel", "jupyter_client", "cleanfid", "dvc")
+
+BLOCKER = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {blocked!r}:
+            raise ImportError('not installed on the GPU image: ' + name)
+sys.meta_path.insert(0, Block())
+import immiscible.timing, immiscible.bench
+immiscible.timing.main({argv!r})
+"""
+
+
+def test_timing_cli_needs_no_notebook_stack(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"t": {"batch_sizes": [16, 32], "methods": ["exact", "exact_scipy", "greedy",
+                                            "knn"], "dim": 48, "device": "cpu", "repeats": 1, "max_seconds": 1,
+                                            "knn_k": 4, "seed": 0, "dataset": None, "table_name": "t.csv"}}))
+    argv = ["--group", "t", "--params", str(params), "--output-dir", str(tmp_path / "out")]
+    r = subprocess.run([sys.executable, "-c", BLOCKER.format(blocked=BLOCKED, argv=argv)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    df = pd.read_csv(tmp_path / "out" / "tables" / "t.csv")
+    assert set(df.method) == {"exact", "exact_scipy", "greedy", "knn"} and set(df.batch_size) == {16, 32}
+    assert (tmp_path / "out" / "figures" / "t.png").stat().st_size > 0
+    assert "speed-up over scipy" in r.stdout and "recommended" in r.stdout
+
+
+def test_timing_cli_rejects_an_unknown_group(tmp_path):
+    from immiscible.timing import main
+    with pytest.raises(ValueError, match="no group 'nope'"):
+        main(["--group", "nope", "--params", str(ROOT / "params.yaml")])
+
+
+@pytest.mark.slow
+def test_device_check_dry_run_writes_its_results(tmp_path):
+    data = tmp_path / "bundle" / "data" / "cifar10"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.savez(data / "train.npz", images=rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
+             labels=rng.integers(0, 10, 96), classes=np.array([f"c{i}" for i in range(10)]))
+    out = tmp_path / "out"
+    env = {**os.environ, "DRY_RUN": "1", "BUNDLE": str(tmp_path / "bundle"), "PYTHON": sys.executable}
+    r = subprocess.run(["bash", str(ROOT / "tools" / "device_check.sh"), str(out)], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    timing = pd.read_csv(out / "tables" / "assignment_timing_cuda.csv")
+    assert set(timing.batch_size) == {32, 64}
+    bench = pd.read_csv(out / "assignment_overhead_cuda.csv")
+    assert set(bench.method) == {"vanilla", "exact"} and (bench.seconds_per_step > 0).all()
+    log = (out / "device_check.log").read_text()
+    assert "== timing" in log and "== bench" in log and "FAILED" not in log

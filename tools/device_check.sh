@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU check of the performance issue as one command, for a machine with an NVIDIA GPU and a CUDA PyTorch but
+# not necessarily this project's environment or a network:
+#
+#   make gpu-bundle                      # where pip works: .gpu-bundle/ (lap and diffusers wheels, 8192 CIFAR-10 images)
+#   bash tools/device_check.sh [OUT]     # on the GPU machine; results in OUT (default results/device)
+#
+# 1. the CUDA tests (pytest -m cuda);
+# 2. the assignment timing on CUDA in fp16 up to B=8192 (params.yaml group assignment_timing_cuda):
+#    OUT/tables/assignment_timing_cuda.csv and OUT/figures/assignment_timing_cuda.png, the GPU named in each row;
+# 3. the training-step overhead of the exact assignment (inline and in a background thread) vs vanilla on the GPU
+#    for the paper's CIFAR-10 UNet (bf16) at B=128 and 512: OUT/assignment_overhead_cuda.csv.
+# Each part has its own time limit (about 4 minutes in all on an H100); the log is OUT/device_check.log and the
+# exit status is non-zero if any part failed.
+# DRY_RUN=1 runs the same plumbing on the CPU with tiny sizes (what the test suite does). PYTHON picks the
+# interpreter (default python3), BUNDLE the bundle folder (default .gpu-bundle).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-results/device}
+mkdir -p "$out"
+py=${PYTHON:-python3}
+bundle=${BUNDLE:-.gpu-bundle}
+
+if [ "${DRY_RUN:-0}" != 1 ] && compgen -G "$bundle/wheels/*.whl" > /dev/null; then
+  site=$(mktemp -d)
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$bundle"/wheels/*.whl \
+    || { echo "could not install the bundled wheels"; exit 1; }
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+data=data
+[ -f "$bundle/data/cifar10/train.npz" ] && data=$bundle/data
+
+status=0
+log="$out/device_check.log"
+: > "$log"
+part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to OUT/device_check.log, remember a failure
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s): $*" | tee -a "$log"
+  timeout "$limit" "$@" 2>&1 | tee -a "$log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { echo "== $name FAILED (exit $rc)" | tee -a "$log"; status=1; }
+}
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  part timing 300 "$py" -m immiscible.timing --group assignment_timing_cuda --device cpu --batch-sizes 32 64 \
+    --max-seconds 1 --data-dir "$data" --output-dir "$out"
+  part bench 300 "$py" -m immiscible.bench --profile smoke --batch-sizes 8 --steps 4 --repeats 1 --data-dir "$data" \
+    --out "$out/assignment_overhead_cuda.csv"
+  exit $status
+fi
+
+(nvidia-smi; "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))") \
+  > "$out/hardware.txt" 2>&1
+part pytest_cuda 120 "$py" -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
+part timing 180 "$py" -m immiscible.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
+part bench 150 "$py" -m immiscible.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
+  --data-dir "$data" --out "$out/assignment_overhead_cuda.csv"
+exit $status
