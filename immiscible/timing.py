@@ -64,10 +64,11 @@ def _timed(fn, device):
     return out, 1e3 * (time.perf_counter() - t)
 
 
-def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_k: int):
+def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_k: int, seed: int = 0):
     """Returns (paired noise, distance_ms, assign_ms) for one batch."""
     if method == "knn":
-        out, ms = _timed(lambda: knn_noise(x0, knn_k), device)
+        generator = torch.Generator(x0.device).manual_seed(seed)  # seeded: the table's reduction is reproducible
+        out, ms = _timed(lambda: knn_noise(x0, knn_k, generator=generator), device)
         return out, float("nan"), ms
     if method == "quantized":
         def dist():
@@ -125,10 +126,10 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
         base = mean_pair_distance(x0, noise)
         for method in methods:
             if B <= 1024:
-                _solve(method, x0, noise, device, knn_k)   # warm-up (allocators, BLAS threads, CUDA kernels)
+                _solve(method, x0, noise, device, knn_k, seed)   # warm-up (allocators, BLAS threads, CUDA kernels)
             runs, start = [], time.perf_counter()
             while len(runs) < repeats and (not runs or time.perf_counter() - start < max_seconds):
-                runs.append(_solve(method, x0, noise, device, knn_k))
+                runs.append(_solve(method, x0, noise, device, knn_k, seed))
             paired = runs[-1][0]
             d_ms = statistics.median(r[1] for r in runs)
             a_ms = statistics.median(r[2] for r in runs)
