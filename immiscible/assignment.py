@@ -26,6 +26,9 @@ well-conditioned one that scipy solves several times faster (``reduce_cost``).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -73,17 +76,54 @@ def reduce_cost(cost: np.ndarray) -> np.ndarray:
     return c
 
 
+@functools.lru_cache(maxsize=1)
+def _lapjv_kernel():
+    """``lap``'s C kernel ``lapjv_internal(n, double **rows, int *x, int *y)``, called through ctypes, or None.
+
+    ``lap.lapjv`` (0.5.13) holds the GIL while it solves, so a solve in a background thread would stall the training
+    thread for its whole duration. A ctypes call releases the GIL. The C++ symbol name encodes the argument types
+    (unsigned int, double**, int*, int*), so a build with other types simply has no such symbol and ``lap.lapjv``
+    is used instead."""
+    try:
+        from lap import _lapjv
+        kernel = getattr(ctypes.CDLL(_lapjv.__file__), "_Z14lapjv_internaljPPdPiS1_")
+    except (ImportError, OSError, AttributeError):
+        return None
+    kernel.restype = ctypes.c_int
+    kernel.argtypes = (ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
+    return kernel
+
+
+def _solve_lapjv(cost: np.ndarray) -> np.ndarray:
+    """Jonker-Volgenant on a C-contiguous float64 (n, n) matrix, n >= 2, without holding the GIL when possible."""
+    kernel = _lapjv_kernel()
+    if kernel is None:
+        import lap
+        return np.asarray(lap.lapjv(cost)[1], dtype=np.int64)
+    n = cost.shape[0]
+    rows = cost.ctypes.data + cost.strides[0] * np.arange(n, dtype=np.uintp)  # the kernel's double* per row
+    x, y = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
+    status = kernel(n, rows.ctypes.data, x.ctypes.data, y.ctypes.data)
+    if status != 0:
+        raise MemoryError(f"lap's solver failed (status {status}) on a {n}x{n} matrix: out of memory?")
+    return x.astype(np.int64)
+
+
 def solve_assignment(cost: np.ndarray, solver: str = "lap") -> np.ndarray:
-    """Optimal permutation ``perm`` of a square cost matrix: row i is matched to column perm[i]."""
+    """Optimal permutation ``perm`` of a square cost matrix: row i is matched to column perm[i].
+
+    Both solvers release the GIL while they solve, so a solve in a background thread lets Python run meanwhile."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     cost = np.ascontiguousarray(cost, dtype=np.float64)
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"the cost matrix must be square, got shape {cost.shape}")
+    if not np.isfinite(cost).all():
+        raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
     if cost.shape[0] == 1:
         return np.zeros(1, dtype=np.int64)
     if solver == "lap":
-        import lap  # exact Jonker-Volgenant; imported lazily so the scipy path works without it
-        _, row_to_col, _ = lap.lapjv(cost)
-        return np.asarray(row_to_col, dtype=np.int64)
+        return _solve_lapjv(cost)
     _, col = linear_sum_assignment(reduce_cost(cost))
     return np.asarray(col, dtype=np.int64)
 

@@ -507,8 +507,8 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     bar = tqdm(range(start_step, cfg.steps), initial=start_step, total=cfg.steps, disable=not (cfg.progress and is_main),
                desc=f"train {cfg.method}-{cfg.seed}", unit="step", mininterval=1.0)
 
-    # The exact solve runs on the CPU and releases the GIL: batch s+1 is assigned in a thread while batch s trains.
-    # Not with a global assignment over several processes (its all-gather must stay on the main thread).
+    # The exact solve runs on the CPU and releases the GIL (tested): batch s+1 is assigned in a thread while batch s
+    # trains. Not with a global assignment over several processes (its all-gather must stay on the main thread).
     background = (cfg.assign_background == "thread"
                   or (cfg.assign_background == "auto" and accelerator.device.type != "cpu"))
     background = background and not (cfg.assign_scope == "global" and world > 1)

@@ -179,3 +179,61 @@ def test_cuda_assignment_stays_on_device_and_is_near_optimal(dtype):
     assert got <= ref * 1.001
     k = knn_noise(x0.cuda(), 8)
     assert k.is_cuda and k.shape == x0.shape
+
+
+def _python_steps_during(solve, cost) -> int:
+    """How many times the main thread runs Python while ``solve(cost)`` runs in another thread. With forced GIL
+    hand-overs switched off, a solver that holds the GIL lets the main thread run at most once; one that releases
+    it lets the main thread run all along (what hides the assignment behind a training step)."""
+    import sys
+    import threading
+    import time
+
+    started, done = threading.Event(), threading.Event()
+
+    def work():
+        started.set()
+        solve(cost)
+        done.set()
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1000.0)
+    try:
+        thread = threading.Thread(target=work)
+        thread.start()
+        assert started.wait(60)
+        steps = 0
+        while not done.is_set():
+            steps += 1
+            time.sleep(0.001)
+        thread.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    return steps
+
+
+@pytest.mark.parametrize("solver", ["lap", "scipy"])
+def test_the_solvers_release_the_gil(solver):
+    from immiscible.assignment import _solve_lapjv
+    cost = np.random.default_rng(0).random((1500, 1500))
+    solve = _solve_lapjv if solver == "lap" else linear_sum_assignment
+    assert _python_steps_during(solve, cost) >= 10
+
+
+def test_lap_kernel_gives_lap_lapjv_result_and_leaves_the_input_alone():
+    import lap
+    from immiscible.assignment import _lapjv_kernel
+    assert _lapjv_kernel() is not None  # the pinned lap exports it; without it lap.lapjv is used (holding the GIL)
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 7, 64, 257):
+        for cost in (rng.random((n, n)), rng.integers(0, 4, (n, n)).astype(float)):  # ties included
+            before = cost.copy()
+            np.testing.assert_array_equal(solve_assignment(cost, "lap"), lap.lapjv(cost)[1])
+            np.testing.assert_array_equal(cost, before)
+
+
+def test_solve_assignment_rejects_non_square_or_non_finite_costs():
+    with pytest.raises(ValueError, match="square"):
+        solve_assignment(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        solve_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
