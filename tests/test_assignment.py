@@ -237,3 +237,8 @@ def test_solve_assignment_rejects_non_square_or_non_finite_costs():
         solve_assignment(np.zeros((2, 3)))
     with pytest.raises(ValueError, match="NaN or inf"):
         solve_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    x0, noise = _pair(4)
+    x0[1, 0] = float("nan")
+    for solver in ("lap", "scipy"):
+        with pytest.raises(ValueError, match="check the inputs for non-finite values"):
+            assign_noise(x0, noise, solver=solver)
