@@ -5,7 +5,7 @@
 #   make gpu-bundle                      # where pip works: .gpu-bundle/ (lap and diffusers wheels, 8192 CIFAR-10 images)
 #   bash tools/device_check.sh [OUT]     # on the GPU machine; results in OUT (default results/device)
 #
-# 1. the CUDA tests (pytest -m cuda);
+# 1. the assignment tests and the CUDA tests (tests/test_assignment.py, tests/test_cuda.py);
 # 2. the assignment timing on CUDA in fp16 up to B=8192 (params.yaml group assignment_timing_cuda):
 #    OUT/tables/assignment_timing_cuda.csv and OUT/figures/assignment_timing_cuda.png, the GPU named in each row;
 # 3. the training-step overhead of the exact assignment (inline and in a background thread) vs vanilla on the GPU
@@ -21,7 +21,9 @@ mkdir -p "$out"
 py=${PYTHON:-python3}
 bundle=${BUNDLE:-.gpu-bundle}
 
-if [ "${DRY_RUN:-0}" != 1 ] && compgen -G "$bundle/wheels/*.whl" > /dev/null; then
+# the bundled wheels only where the interpreter lacks what they provide
+if [ "${DRY_RUN:-0}" != 1 ] && ! "$py" -c "import lap, diffusers" 2> /dev/null \
+    && compgen -G "$bundle/wheels/*.whl" > /dev/null; then
   site=$(mktemp -d)
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$site" "$bundle"/wheels/*.whl \
     || { echo "could not install the bundled wheels"; exit 1; }
@@ -52,7 +54,7 @@ fi
 
 (nvidia-smi; "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))") \
   > "$out/hardware.txt" 2>&1
-part pytest_cuda 120 "$py" -m pytest -q -m cuda -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
+part pytest_cuda 120 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
 part timing 180 "$py" -m immiscible.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
 part bench 150 "$py" -m immiscible.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
   --data-dir "$data" --out "$out/assignment_overhead_cuda.csv"
