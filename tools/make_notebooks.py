@@ -97,8 +97,8 @@ dataset = "cifar10"        # images to pair with noise (their dim overrides `dim
 data_dir = "data"
 device = "cpu"             # "cuda" on a GPU machine
 dtype = "float32"          # float16 / bfloat16: precision of images and noise (the distance GEMM runs in it on CUDA)
-repeats = 5
-max_seconds = 20.0         # stop repeating one point after this long
+repeats = 5                # batches timed per point, each a different one (the solve time depends on the batch)
+max_seconds = 20.0         # stop timing more batches of one point after this long
 knn_k = 64
 seed = 0
 output_dir = "results"
@@ -119,7 +119,7 @@ if dataset:
     ds = load_dataset(dataset, "train", data_dir)
     images = ds.tensor(slice(0, max(batch_sizes)))
 """),
-    ("md", "## Median time per method and batch size"),
+    ("md", "## Median time per method and batch size (over `repeats` batches; every method sees the same batches)"),
     ("code", """
 df = time_assignment(methods, batch_sizes, dim=dim, device=device, repeats=repeats, max_seconds=max_seconds,
                      knn_k=knn_k, seed=seed, images=images, dtype=dtype)
