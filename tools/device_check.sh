@@ -10,7 +10,7 @@
 #    OUT/tables/assignment_timing_cuda.csv and OUT/figures/assignment_timing_cuda.png, the GPU named in each row;
 # 3. the training-step overhead of the exact assignment (inline and in a background thread) vs vanilla on the GPU
 #    for the paper's CIFAR-10 UNet (bf16) at B=128 and 512: OUT/assignment_overhead_cuda.csv.
-# Each part has its own time limit (about 4 minutes in all on an H100); the log is OUT/device_check.log and the
+# Each part has its own time limit (about 4 minutes in all expected on an H100); the log is OUT/device_check.log and the
 # exit status is non-zero if any part failed.
 # DRY_RUN=1 runs the same plumbing on the CPU with tiny sizes (what the test suite does). PYTHON picks the
 # interpreter (default python3), BUNDLE the bundle folder (default .gpu-bundle).
