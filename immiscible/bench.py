@@ -7,7 +7,8 @@ inline, and with ``exact`` assigned in a background thread (``assign_background`
 alternating order, and reports the median seconds per step and the median over repeats of the ratio exact / vanilla
 within a repeat (with its range: the spread is the benchmark's noise). Writes
 ``results/tables/assignment_overhead.csv``. On a machine with a GPU it trains there (with the profile's
-``mixed_precision``) and the solve runs on the CPU; a batch size that does not fit is recorded as NaN. Nothing here is a pass/fail test: the numbers are printed and saved.
+``mixed_precision``) and the solve runs on the CPU; a batch size that does not fit is recorded as NaN. Nothing here
+is a pass/fail test: the numbers are printed and saved.
 """
 from __future__ import annotations
 

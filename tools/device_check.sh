@@ -2,7 +2,7 @@
 # The GPU check of the performance issue as one command, for a machine with an NVIDIA GPU and a CUDA PyTorch but
 # not necessarily this project's environment or a network:
 #
-#   make gpu-bundle                      # where pip works: .gpu-bundle/ (lap and diffusers wheels, 8192 CIFAR-10 images)
+#   make gpu-bundle                      # where pip works: .gpu-bundle/ (lap, diffusers wheels; 8192 CIFAR-10 images)
 #   bash tools/device_check.sh [OUT]     # on the GPU machine; results in OUT (default results/device)
 #
 # 1. the assignment tests and the CUDA tests (tests/test_assignment.py, tests/test_cuda.py);
