@@ -1,6 +1,6 @@
 """Benchmark: what the assignment costs inside training (a ratio against vanilla measured in the same run).
 
-    python -m immiscible.bench --profile cpu --batch-sizes 256 1024 --steps 12 --repeats 2
+    python -m immiscible.bench --profile cpu --batch-sizes 256 1024 --steps 10 --repeats 6   # the README table
 
 For each batch size it trains the profile's model for ``steps`` steps with ``vanilla`` noise, with ``exact`` assigned
 inline, and with ``exact`` assigned in a background thread (``assign_background``: what ``auto`` picks on a GPU), in
