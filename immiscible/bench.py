@@ -70,14 +70,14 @@ def assignment_overhead(profile: str = "cpu", batch_sizes=(256, 1024), steps: in
             ts = [t for t, _ in runs]
             # each repeat runs the variants back to back: its ratio to that repeat's vanilla cancels slow drift
             ratios = [t / v for t, v in zip(ts, vanilla)]
-            wait_ms = statistics.median(a for _, a in runs)
+            assign_ms = statistics.median(a for _, a in runs)
             rows.append({"profile": profile, "model": cfg0.model, "resolution": cfg0.resolution, "batch_size": B,
                          "method": method, "assignment_runs": background, "seconds_per_step": statistics.median(ts),
                          "ratio_vs_vanilla": statistics.median(ratios), "ratio_min": min(ratios),
                          "ratio_max": max(ratios),
                          # the assignment's own time per step (where it ran), over vanilla's step: inline, this is
                          # the overhead measured directly, without the step-to-step noise of the ratio
-                         "assign_ms": wait_ms, "assign_share": wait_ms / 1000 / statistics.median(vanilla),
+                         "assign_ms": assign_ms, "assign_share": assign_ms / 1000 / statistics.median(vanilla),
                          "steps_timed": steps - 3, "repeats": len(ts),
                          "mixed_precision": cfg0.mixed_precision if device == "cuda" else "no",
                          "hardware": hardware_description(device)})

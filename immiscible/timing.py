@@ -208,12 +208,18 @@ def plot_timing(df: pd.DataFrame, path=None):
     return fig
 
 
+def solve_speedup(df: pd.DataFrame) -> pd.Series:
+    """Per batch size: scipy's solve time on the raw L2 matrix over the ``exact`` (``lap``) solve time, same optimum."""
+    return (df[df.method == "exact_scipy"].set_index("batch_size").assign_ms
+            / df[df.method == "exact"].set_index("batch_size").assign_ms).rename("speedup_vs_scipy")
+
+
 def run_group(params: dict, data_dir: str = "data", output_dir: str = "results", table_name: str | None = None,
-              **overrides) -> pd.DataFrame:
-    """What ``notebooks/assignment_timing.ipynb`` does, without Jupyter: time the methods of one params.yaml group,
-    write ``tables/<table_name>`` and its figure under ``output_dir``, and print the speed-up over scipy, the growth
-    exponents and the recommended method per batch size. For machines that have PyTorch but not the notebook stack
-    (the GPU check, ``tools/device_check.sh``)."""
+              echo: bool = True, **overrides) -> pd.DataFrame:
+    """Time the methods of one params.yaml group (``overrides`` replace its values), write ``tables/<table_name>``
+    and its figure under ``output_dir``, and return the table. ``echo`` prints the speed-up over scipy, the growth
+    exponents and the recommended method per batch size. The notebook ``assignment_timing`` calls this and shows
+    the tables; ``python -m immiscible.timing`` does the same without Jupyter (the GPU check)."""
     from pathlib import Path
 
     from immiscible.io import atomic_write_text
@@ -231,16 +237,15 @@ def run_group(params: dict, data_dir: str = "data", output_dir: str = "results",
     out = Path(output_dir)
     atomic_write_text(out / "tables" / table_name, df.to_csv(index=False))
     plot_timing(df, out / "figures" / Path(table_name).with_suffix(".png").name)
-    print("hardware:", df.hardware.iloc[0])
-    print(df.pivot(index="batch_size", columns="method", values="total_ms").round(2).to_string())
-    if {"exact", "exact_scipy"} <= set(df.method):
-        ratio = (df[df.method == "exact_scipy"].set_index("batch_size").assign_ms
-                 / df[df.method == "exact"].set_index("batch_size").assign_ms)
-        print("exact solve speed-up over scipy on the raw L2 matrix:\n" + ratio.round(2).to_string())
-    growth = growth_exponents(df)
-    if len(growth):
-        print(growth.round(2).to_string(index=False))
-    print(recommend_methods(df).round(2).to_string(index=False))
+    if echo:
+        print("hardware:", df.hardware.iloc[0])
+        print(df.pivot(index="batch_size", columns="method", values="total_ms").round(2).to_string())
+        if {"exact", "exact_scipy"} <= set(df.method):
+            print("exact solve speed-up over scipy on the raw L2 matrix:\n" + solve_speedup(df).round(2).to_string())
+        growth = growth_exponents(df)
+        if len(growth):
+            print(growth.round(2).to_string(index=False))
+        print(recommend_methods(df).round(2).to_string(index=False))
     return df
 
 

@@ -104,42 +104,23 @@ seed = 0
 output_dir = "results"
 table_name = "assignment_timing.csv"
 """),
-    ("code", """
-from pathlib import Path
-import pandas as pd
-from immiscible.data import load_dataset
-from immiscible.io import atomic_write_text
-from immiscible.timing import time_assignment, growth_exponents, plot_timing, recommend_methods
-
-out = Path(output_dir)
-(out / "tables").mkdir(parents=True, exist_ok=True)
-(out / "figures").mkdir(parents=True, exist_ok=True)
-images = None
-if dataset:
-    ds = load_dataset(dataset, "train", data_dir)
-    images = ds.tensor(slice(0, max(batch_sizes)))
-"""),
     ("md", "## Median time per method and batch size (over `repeats` batches; every method sees the same batches)"),
     ("code", """
-df = time_assignment(methods, batch_sizes, dim=dim, device=device, repeats=repeats, max_seconds=max_seconds,
-                     knn_k=knn_k, seed=seed, images=images, dtype=dtype)
-atomic_write_text(out / "tables" / table_name, df.to_csv(index=False))
+from immiscible.timing import growth_exponents, recommend_methods, run_group, solve_speedup
+
+group = dict(batch_sizes=batch_sizes, methods=methods, dim=dim, dataset=dataset, device=device, dtype=dtype,
+             repeats=repeats, max_seconds=max_seconds, knn_k=knn_k, seed=seed)
+df = run_group(group, data_dir, output_dir, table_name, echo=False)   # writes the table and the figure (below)
 print("hardware:", df.hardware.iloc[0])
 df.pivot(index="batch_size", columns="method", values="total_ms").round(1)
-"""),
-    ("code", """
-fig = plot_timing(df, out / "figures" / Path(table_name).with_suffix(".png").name)
 """),
     ("md", "## Distance vs solve, speed-up over the plain scipy baseline, and growth with B"),
     ("code", """
 show = df[["method", "batch_size", "distance_ms", "assign_ms", "total_ms", "delta_mean_distance_pct", "paper_total_ms"]]
 if "exact_scipy" in methods and "exact" in methods:
-    base = df[df.method == "exact_scipy"].set_index("batch_size").assign_ms
-    fast = df[df.method == "exact"].set_index("batch_size").assign_ms
     print("exact solve speed-up over scipy on the raw L2 matrix (same optimum):")
-    print((base / fast).round(1).to_string())
-growth = growth_exponents(df)
-print(growth.round(2).to_string(index=False))
+    print(solve_speedup(df).round(1).to_string())
+print(growth_exponents(df).round(2).to_string(index=False))
 show.round(2)
 """),
     ("md", """
