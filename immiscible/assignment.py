@@ -18,8 +18,13 @@ greedy     each image, in random order, takes its nearest still-free noise. O(B^
            all of the exact reduction (the benchmark notebook measures how much).
 knn        not a permutation (see ``knn_noise``): each image draws k noises and keeps the nearest one.
 
-Solvers for ``exact``: ``"lap"`` (Jonker-Volgenant from the ``lap`` package, the fast default; it reduces
-the cost internally) and ``"scipy"`` (``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost).
+Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
+``"jv"``     the project's Jonker-Volgenant kernel (``csrc/jv.c``), written for the compiler's vectorizer and built
+             on first use (``immiscible.native``); float32 or float64 costs. About 2.5x faster than ``lap`` on
+             CIFAR-10 batches of 1024.
+``"lap"``    Jonker-Volgenant from the ``lap`` package (float64, scalar C++).
+``"scipy"``  ``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost.
+``"auto"``   (default) ``jv`` where it builds (a C compiler is needed), else ``lap``.
 Subtracting each row's and then each column's minimum changes every permutation's total by the same
 constant, so the optimal permutation is unchanged, but the nearly-constant raw L2 matrix becomes a
 well-conditioned one that scipy solves several times faster (``reduce_cost``).
@@ -33,9 +38,12 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from immiscible import native
+
 METHODS = ("exact", "quantized", "greedy")
 COSTS = ("l2", "sqeuclidean")
-SOLVERS = ("lap", "scipy")
+SOLVERS = ("auto", "jv", "lap", "scipy")
+_JV_MAX_COST = 1e300  # the kernel's "infinity" is DBL_MAX / 4: keep every cost and price far below it
 
 
 def _check_pair(x0: torch.Tensor, noise: torch.Tensor) -> None:
@@ -109,19 +117,32 @@ def _solve_lapjv(cost: np.ndarray) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def solve_assignment(cost: np.ndarray, solver: str = "lap") -> np.ndarray:
+def solve_assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
     """Optimal permutation ``perm`` of a square cost matrix: row i is matched to column perm[i].
 
-    Both solvers release the GIL while they solve, so a solve in a background thread lets Python run meanwhile."""
+    float16/float32 costs are solved in float32 by ``jv`` (``lap`` and ``scipy`` convert to float64, which
+    changes no value). Every solver releases the GIL while it solves, so a solve in a background thread lets
+    Python run meanwhile."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
-    cost = np.ascontiguousarray(cost, dtype=np.float64)
+    cost = np.asarray(cost)
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"the cost matrix must be square, got shape {cost.shape}")
-    if not np.isfinite(cost).all():
+    low = cost.dtype in (np.float16, np.float32)
+    cost = np.ascontiguousarray(cost, dtype=np.float32 if low else np.float64)
+    if cost.shape[0] <= 1:
+        return np.zeros(cost.shape[0], dtype=np.int64)
+    largest = float(np.abs(cost).max())  # NaN if any entry is NaN
+    if not np.isfinite(largest):
         raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
-    if cost.shape[0] == 1:
-        return np.zeros(1, dtype=np.int64)
+    if solver == "auto":
+        solver = "jv" if largest < _JV_MAX_COST and native.jv_kernel() is not None else "lap"
+    if solver == "jv":
+        if largest >= _JV_MAX_COST:
+            raise ValueError(f"costs of magnitude {largest:.3g} are too large for solver='jv' (limit "
+                             f"{_JV_MAX_COST:g}); rescale the costs or use solver='lap'")
+        return native.solve_jv(cost)
+    cost = cost.astype(np.float64, copy=False)
     if solver == "lap":
         return _solve_lapjv(cost)
     _, col = linear_sum_assignment(reduce_cost(cost))
@@ -143,7 +164,7 @@ def greedy_permutation(cost: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = "exact", cost: str = "l2",
-                           solver: str = "lap", groups: torch.Tensor | None = None) -> torch.Tensor:
+                           solver: str = "auto", groups: torch.Tensor | None = None) -> torch.Tensor:
     """The permutation ``perm`` (LongTensor, (B,), on x0's device) such that (x0[i], noise[perm[i]]) is the
     assigned pairing. ``groups`` (e.g. class labels, shape (B,)) restricts the assignment to noises within the
     same group, which keeps the noise marginal of every class Gaussian (C2OT-style class blocking)."""
@@ -170,7 +191,7 @@ def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = 
             dist = image_noise_distance(x0 * 0.1, noise * 0.1, "l2").to(torch.float16)
             perm = solve_assignment(dist.float().cpu().numpy(), solver="scipy")
         else:
-            dist = image_noise_distance(x0, noise, cost).double().cpu().numpy()
+            dist = image_noise_distance(x0, noise, cost).float().cpu().numpy()  # fp32: what the GEMM computed
             perm = solve_assignment(dist, solver) if method == "exact" else greedy_permutation(dist)
     return torch.from_numpy(perm).to(x0.device)
 

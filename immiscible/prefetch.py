@@ -1,8 +1,8 @@
 """Hide the assignment behind training: pair the next batch's noise in a background thread.
 
-The exact solve runs on the CPU and releases the GIL (scipy does; ``lap``'s kernel is called through ctypes, see
-``assignment._lapjv_kernel``), so while the model trains on batch k a worker thread draws and assigns the noise of
-batch k+1. The noise is drawn from the prefetcher's own generator, in batch order, by one worker: the result is
+The exact solve runs on the CPU and releases the GIL (every solver does: the project's ``jv`` kernel and ``lap``'s
+are called through ctypes, scipy releases it itself), so while the model trains on batch k a worker thread draws
+and assigns the noise of batch k+1. The noise is drawn from the prefetcher's own generator, in batch order, by one worker: the result is
 identical to assigning synchronously with that generator (tested), whatever the timing of the threads, and the
 training loop's own RNG is never touched from another thread.
 

@@ -73,7 +73,7 @@ class TrainConfig:
     method: str = field(default="vanilla", metadata=choices(*METHODS))
     knn_k: int = 4
     assign_cost: str = field(default="l2", metadata=choices("l2", "sqeuclidean"))
-    assign_solver: str = field(default="lap", metadata=choices("lap", "scipy"))
+    assign_solver: str = field(default="auto", metadata=choices("auto", "jv", "lap", "scipy"))
     assign_scope: str = field(default="global", metadata=choices("global", "local"))  # across processes or per process
     # "thread": assign batch s+1 in a background thread while batch s trains (same results); "inline": in the loop;
     # "auto": thread on a GPU, inline on CPU (there the thread would compete with torch for the same cores).

@@ -23,7 +23,7 @@ def _total(x0, noise, perm, squared=False):
 
 
 @pytest.mark.parametrize("B", [2, 3, 5, 7])
-@pytest.mark.parametrize("solver", ["lap", "scipy"])
+@pytest.mark.parametrize("solver", ["jv", "lap", "scipy"])
 def test_exact_is_optimal_against_brute_force(B, solver):
     for seed in range(3):
         x0, noise = _pair(B, seed=seed)
@@ -161,9 +161,10 @@ def test_bad_arguments_raise_value_error(call, match):
 
 def test_solve_assignment_on_a_known_matrix():
     cost = np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
-    for solver in ("lap", "scipy"):
-        perm = solve_assignment(cost, solver)
-        assert cost[np.arange(3), perm].sum() == 5.0
+    for solver in ("jv", "lap", "scipy", "auto"):
+        for c in (cost, cost.astype(np.float32), cost.astype(np.int64)):
+            perm = solve_assignment(c, solver)
+            assert cost[np.arange(3), perm].sum() == 5.0
 
 
 @pytest.mark.cuda
@@ -212,11 +213,15 @@ def _python_steps_during(solve, cost) -> int:
     return steps
 
 
-@pytest.mark.parametrize("solver", ["lap", "scipy"])
+@pytest.mark.parametrize("solver", ["jv", "lap", "scipy"])
 def test_the_solvers_release_the_gil(solver):
     from immiscible.assignment import _solve_lapjv
+    from immiscible.native import solve_jv
     cost = np.random.default_rng(0).random((1500, 1500))
-    solve = _solve_lapjv if solver == "lap" else linear_sum_assignment
+    if solver == "jv":  # the fastest: give it a matrix that keeps it busy for a while
+        x0, noise = _pair(3000, shape=(3, 16, 16), seed=5)
+        cost = image_noise_distance(x0, noise).numpy()
+    solve = {"jv": solve_jv, "lap": _solve_lapjv, "scipy": linear_sum_assignment}[solver]
     assert _python_steps_during(solve, cost) >= 10
 
 
@@ -239,6 +244,86 @@ def test_solve_assignment_rejects_non_square_or_non_finite_costs():
         solve_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
     x0, noise = _pair(4)
     x0[1, 0] = float("nan")
-    for solver in ("lap", "scipy"):
+    for solver in ("jv", "lap", "scipy"):
         with pytest.raises(ValueError, match="check the inputs for non-finite values"):
             assign_noise(x0, noise, solver=solver)
+
+
+def _cost_matrices(rng, n):
+    """Random, tie-heavy, badly scaled, nearly constant and image-noise L2 matrices of size n."""
+    x0, noise = _pair(n, shape=(3, 4, 4), seed=int(rng.integers(1 << 30)))
+    x0[: max(1, n // 8)] *= 0.1  # a few low-norm images, nearest to most noises: the raw L2 matrix's hubs
+    yield rng.random((n, n))
+    yield rng.integers(0, 4, (n, n)).astype(float)
+    yield rng.normal(size=(n, n)) * 1e6
+    yield 50 + rng.integers(0, 2, (n, n)) * 1e-9
+    yield image_noise_distance(x0, noise).double().numpy()
+
+
+@pytest.mark.parametrize("arr_passes", [2, 0, 1])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_jv_kernel_is_optimal_on_many_random_and_tied_matrices(dtype, arr_passes):
+    """The project's kernel gives scipy's optimum on the very matrix it solved, for every kind and size; with no
+    row reduction (arr_passes=0) the shortest augmenting paths do nearly all the work and are checked alone."""
+    from immiscible.native import solve_jv
+    rng = np.random.default_rng(7)
+    for n in list(range(2, 41)) + [64, 100, 257]:
+        for cost in _cost_matrices(rng, n):
+            cost = cost.astype(dtype)
+            before = cost.copy()
+            perm = solve_jv(cost, arr_passes)
+            np.testing.assert_array_equal(cost, before)
+            assert sorted(perm.tolist()) == list(range(n))
+            c = cost.astype(np.float64)
+            r, q = linear_sum_assignment(c)
+            best = c[r, q].sum()
+            assert c[np.arange(n), perm].sum() == pytest.approx(best, rel=1e-12, abs=1e-12), (n, dtype)
+
+
+def test_jv_kernel_matches_lap_on_cifar_sized_image_noise_batches():
+    """B=512 pixel-sized images and noise: the float32 and float64 kernels reach lap's optimum."""
+    x0, noise = _pair(512, shape=(3, 32, 32), seed=11)
+    cost32 = image_noise_distance(x0, noise).numpy()
+    cost = cost32.astype(np.float64)
+    best = cost[np.arange(512), solve_assignment(cost, "lap")].sum()
+    for c in (cost32, cost):
+        assert cost[np.arange(512), solve_assignment(c, "jv")].sum() == pytest.approx(best, rel=1e-12)
+
+
+def test_jv_rejects_costs_too_large_for_its_sentinel_and_auto_falls_back_to_lap():
+    cost = np.array([[1e301, 0.0], [0.0, 1e301]])
+    with pytest.raises(ValueError, match="too large for solver='jv'"):
+        solve_assignment(cost, "jv")
+    np.testing.assert_array_equal(solve_assignment(cost), [1, 0])
+
+
+def test_without_a_compiler_auto_uses_lap_and_jv_says_what_to_do(monkeypatch, tmp_path):
+    from immiscible import native
+    monkeypatch.setenv("IMMISCIBLE_CACHE", str(tmp_path))  # nothing cached there
+    monkeypatch.setattr(native, "_compiler", lambda: None)
+    native.jv_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="no C compiler found"):
+            assert native.jv_kernel() is None
+        cost = np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
+        assert cost[np.arange(3), solve_assignment(cost)].sum() == 5.0
+        with pytest.raises(RuntimeError, match="use solver='lap'"):
+            solve_assignment(cost, "jv")
+    finally:
+        native.jv_kernel.cache_clear()
+
+
+def test_native_build_is_cached_and_can_be_switched_off(monkeypatch, tmp_path):
+    from immiscible import native
+    monkeypatch.setenv("IMMISCIBLE_CACHE", str(tmp_path))
+    path = native.build()
+    assert path.parent == tmp_path and path.exists()
+    mtime = path.stat().st_mtime_ns
+    assert native.build() == path and path.stat().st_mtime_ns == mtime  # reused, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]        # no temporary files left behind
+    monkeypatch.setenv("IMMISCIBLE_NATIVE", "0")
+    native.jv_kernel.cache_clear()
+    try:
+        assert native.jv_kernel() is None
+    finally:
+        native.jv_kernel.cache_clear()

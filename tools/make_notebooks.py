@@ -91,7 +91,7 @@ reduction next to the time: a fast method that loses the reduction is worthless.
 """),
     ("params", """
 batch_sizes = [128, 256, 512, 1024, 2048, 4096]
-methods = ["exact", "exact_scipy", "quantized", "greedy", "knn"]
+methods = ["exact", "exact_lap", "exact_scipy", "quantized", "greedy", "knn"]
 dim = 3072                 # flattened sample size for synthetic data (used when dataset is None)
 dataset = "cifar10"        # images to pair with noise (their dim overrides `dim`); None: uniform [-1, 1] vectors
 data_dir = "data"

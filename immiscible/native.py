@@ -1,0 +1,125 @@
+"""The project's exact assignment kernel (``csrc/jv.c``), compiled on first use and loaded through ctypes.
+
+The kernel is plain C written for the compiler's auto-vectorizer, so it is built on the machine that runs it,
+with ``-march=native``: one C compiler (``$CC``, else ``cc``/``gcc``/``clang``), no build step at install, about
+a second once. The shared library is cached under ``$IMMISCIBLE_CACHE`` (default ``~/.cache/immiscible``), keyed
+by the source, the flags, the compiler and the CPU, so a home directory shared between machines stays correct.
+Where no compiler works, ``jv_kernel`` returns None with a warning, and ``solve_assignment`` uses ``lap`` instead.
+Set ``IMMISCIBLE_NATIVE=0`` to never build it.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+SOURCE_DIR = Path(__file__).parent / "csrc"
+SOURCES = ("jv.c", "jv_impl.h")
+# Each tuple is tried in order; the first that compiles is used (the extra x86 flag is gcc/clang-specific).
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-mprefer-vector-width=512"),
+    ("-O3", "-march=native"),
+    ("-O3",),
+)
+# Safe for this kernel: it never creates inf/NaN (its "infinity" is finite) and the caller rejects them.
+_COMMON = ("-fno-trapping-math", "-fno-signed-zeros", "-ffinite-math-only", "-fno-math-errno", "-shared", "-fPIC")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("IMMISCIBLE_CACHE") or Path.home() / ".cache" / "immiscible")
+
+
+def _compiler() -> str | None:
+    for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if cc and shutil.which(cc):
+            return cc
+    return None
+
+
+def _cpu_id() -> str:
+    """What -march=native depends on: the CPU model and its feature flags (Linux), else the platform string."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        keep = [ln for ln in lines if ln.split(":")[0].strip() in ("model name", "flags", "Features", "CPU part")]
+        return "\n".join(sorted(set(keep)))
+    except OSError:
+        return platform.platform() + platform.processor()
+
+
+def _library_path(cc: str, flags: tuple[str, ...]) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    h = hashlib.sha256()
+    for part in [*(SOURCE_DIR / s for s in SOURCES)]:
+        h.update(part.read_bytes())
+    h.update("\0".join([*flags, *_COMMON, version, _cpu_id(), platform.machine()]).encode())
+    return cache_dir() / f"jv-{h.hexdigest()[:16]}.so"
+
+
+def build(cc: str | None = None) -> Path:
+    """Compile ``csrc/jv.c`` (or reuse the cached build) and return the shared library's path.
+    Raises RuntimeError, with the compiler's message, when no compiler or no flag set works."""
+    cc = cc or _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (set CC, or install gcc/clang); the exact solver falls back to `lap`")
+    errors = []
+    for flags in _FLAG_SETS:
+        path = _library_path(cc, flags)
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        cmd = [cc, *flags, *_COMMON, "-o", tmp, str(SOURCE_DIR / "jv.c")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            os.replace(tmp, path)  # atomic: concurrent builders (DataLoader workers, ranks) never see half a file
+            return path
+        os.unlink(tmp)
+        errors.append(f"{' '.join(cmd)}\n{proc.stderr.strip()}")
+    raise RuntimeError("could not compile the assignment kernel:\n" + "\n\n".join(errors))
+
+
+@functools.lru_cache(maxsize=1)
+def jv_kernel():
+    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, arr_passes) -> int``, or None (with a warning
+    saying why) when the kernel cannot be built here."""
+    if os.environ.get("IMMISCIBLE_NATIVE", "1") == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as err:
+        warnings.warn(f"immiscible: the native assignment kernel is unavailable, using `lap` ({err})", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    kernels = {}
+    for dtype, name in ((np.float32, "jv_solve_float"), (np.float64, "jv_solve_double")):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+        kernels[dtype] = fn
+    return kernels
+
+
+def solve_jv(cost: np.ndarray, arr_passes: int = 2) -> np.ndarray:
+    """Optimal permutation of a C-contiguous float32/float64 (n, n) matrix, n >= 1, finite entries below 1e300 in
+    magnitude (``solve_assignment`` checks). The GIL is released while it solves. ``arr_passes``: passes of
+    augmenting row reduction before the shortest paths (2, as in Jonker-Volgenant; any value is exact)."""
+    kernels = jv_kernel()
+    if kernels is None:
+        raise RuntimeError("the native assignment kernel is unavailable here (see the warning above); "
+                           "use solver='lap' or solver='scipy'")
+    n = cost.shape[0]
+    x, y, v = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64)
+    status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data, arr_passes)
+    if status != 0:
+        raise MemoryError(f"the assignment kernel ran out of memory on a {n}x{n} matrix")
+    return x.astype(np.int64)
