@@ -43,7 +43,6 @@ from immiscible import native
 METHODS = ("exact", "quantized", "greedy")
 COSTS = ("l2", "sqeuclidean")
 SOLVERS = ("auto", "jv", "lap", "scipy")
-_JV_MAX_COST = 1e300  # the kernel's "infinity" is DBL_MAX / 4: keep every cost and price far below it
 
 
 def _check_pair(x0: torch.Tensor, noise: torch.Tensor) -> None:
@@ -136,12 +135,12 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
     if not np.isfinite(largest):
         raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
     if solver == "auto":
-        solver = "jv" if largest < _JV_MAX_COST and native.jv_kernel() is not None else "lap"
+        solver = "jv" if largest < native.MAX_COST and native.jv_kernel() is not None else "lap"
     if solver == "jv":
-        if largest >= _JV_MAX_COST:
+        if largest >= native.MAX_COST:
             raise ValueError(f"costs of magnitude {largest:.3g} are too large for solver='jv' (limit "
-                             f"{_JV_MAX_COST:g}); rescale the costs or use solver='lap'")
-        return native.solve_jv(cost)
+                             f"{native.MAX_COST:g}); rescale the costs or use solver='lap'")
+        return native.solve_jv(cost, check=False)  # checked above
     cost = cost.astype(np.float64, copy=False)
     if solver == "lap":
         return _solve_lapjv(cost)

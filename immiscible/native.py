@@ -31,6 +31,7 @@ _FLAG_SETS = (
     ("-O3",),
 )
 # Safe for this kernel: it never creates inf/NaN (its "infinity" is finite) and the caller rejects them.
+MAX_COST = 1e300  # the kernel's "infinity" is DBL_MAX / 4: every cost and price stays far below it
 _COMMON = ("-fno-trapping-math", "-fno-signed-zeros", "-ffinite-math-only", "-fno-math-errno", "-shared", "-fPIC")
 
 
@@ -109,14 +110,23 @@ def jv_kernel():
     return kernels
 
 
-def solve_jv(cost: np.ndarray, arr_passes: int = 2) -> np.ndarray:
-    """Optimal permutation of a C-contiguous float32/float64 (n, n) matrix, n >= 1, finite entries below 1e300 in
-    magnitude (``solve_assignment`` checks). The GIL is released while it solves. ``arr_passes``: passes of
-    augmenting row reduction before the shortest paths (2, as in Jonker-Volgenant; any value is exact)."""
+def solve_jv(cost: np.ndarray, arr_passes: int = 2, check: bool = True) -> np.ndarray:
+    """Optimal permutation of a C-contiguous float32/float64 (n, n) matrix, n >= 1. The GIL is released while it
+    solves. ``arr_passes``: passes of augmenting row reduction before the shortest paths (2, as in
+    Jonker-Volgenant; any value is exact). ``check=False`` skips the input checks (for ``solve_assignment``, which
+    has made them): the kernel needs finite costs below 1e300 in magnitude."""
     kernels = jv_kernel()
     if kernels is None:
         raise RuntimeError("the native assignment kernel is unavailable here (see the warning above); "
                            "use solver='lap' or solver='scipy'")
+    if check:
+        if not (isinstance(cost, np.ndarray) and cost.dtype.type in kernels and cost.flags.c_contiguous
+                and cost.ndim == 2 and cost.shape[0] == cost.shape[1] and cost.shape[0] >= 1):
+            raise ValueError("solve_jv needs a square, non-empty, C-contiguous float32 or float64 array; "
+                             "solve_assignment converts any matrix")
+        largest = float(np.abs(cost).max())
+        if not largest < MAX_COST:  # also NaN
+            raise ValueError(f"solve_jv needs finite costs below {MAX_COST:g} in magnitude, got {largest:.3g}")
     n = cost.shape[0]
     x, y, v = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64)
     status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data, arr_passes)

@@ -304,6 +304,21 @@ def test_jv_rejects_costs_too_large_for_its_sentinel_and_auto_falls_back_to_lap(
     np.testing.assert_array_equal(solve_assignment(cost), [1, 0])
 
 
+@needs_jv
+def test_solve_jv_checks_its_input_itself():
+    """Called directly, the kernel's wrapper refuses what would crash or mislead the C code."""
+    from immiscible.native import solve_jv
+    bad = [np.array([[0.0, np.inf], [1.0, 2.0]]), np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32),
+           np.array([[1e300, 0.0], [0.0, 1.0]])]
+    for cost in bad:
+        with pytest.raises(ValueError, match="finite costs below"):
+            solve_jv(cost)
+    for cost in (np.asfortranarray(np.arange(9.0).reshape(3, 3)), np.zeros((2, 3)), np.zeros((0, 0)),
+                 np.zeros((2, 2), dtype=np.int64), [[0.0, 1.0], [1.0, 0.0]]):
+        with pytest.raises(ValueError, match="square, non-empty, C-contiguous float32 or float64"):
+            solve_jv(cost)
+
+
 def test_without_a_compiler_auto_uses_lap_and_jv_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("IMMISCIBLE_CACHE", str(tmp_path))  # nothing cached there
     monkeypatch.delenv("IMMISCIBLE_NATIVE", raising=False)
