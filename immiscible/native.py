@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+MAX_COST = 1e300  # the kernel's "infinity" is DBL_MAX / 4: every cost and price stays far below it
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("jv.c", "jv_impl.h")
 # Each tuple is tried in order; the first that compiles is used (the extra x86 flag is gcc/clang-specific).
@@ -31,7 +32,6 @@ _FLAG_SETS = (
     ("-O3",),
 )
 # Safe for this kernel: it never creates inf/NaN (its "infinity" is finite) and the caller rejects them.
-MAX_COST = 1e300  # the kernel's "infinity" is DBL_MAX / 4: every cost and price stays far below it
 _COMMON = ("-fno-trapping-math", "-fno-signed-zeros", "-ffinite-math-only", "-fno-math-errno", "-shared", "-fPIC")
 
 
@@ -59,8 +59,8 @@ def _cpu_id() -> str:
 def _library_path(cc: str, flags: tuple[str, ...]) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
-    for part in [*(SOURCE_DIR / s for s in SOURCES)]:
-        h.update(part.read_bytes())
+    for name in SOURCES:
+        h.update((SOURCE_DIR / name).read_bytes())
     h.update("\0".join([*flags, *_COMMON, version, _cpu_id(), platform.machine()]).encode())
     return cache_dir() / f"jv-{h.hexdigest()[:16]}.so"
 
