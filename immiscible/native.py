@@ -91,8 +91,8 @@ def build(cc: str | None = None) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def jv_kernel():
-    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, arr_passes) -> int``, or None (with a warning
-    saying why) when the kernel cannot be built here."""
+    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, arr_passes) -> int``, or None
+    (with a warning saying why) when the kernel cannot be built here."""
     if os.environ.get("IMMISCIBLE_NATIVE", "1") == "0":
         return None
     try:

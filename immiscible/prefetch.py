@@ -2,9 +2,9 @@
 
 The exact solve runs on the CPU and releases the GIL (every solver does: the project's ``jv`` kernel and ``lap``'s
 are called through ctypes, scipy releases it itself), so while the model trains on batch k a worker thread draws
-and assigns the noise of batch k+1. The noise is drawn from the prefetcher's own generator, in batch order, by one worker: the result is
-identical to assigning synchronously with that generator (tested), whatever the timing of the threads, and the
-training loop's own RNG is never touched from another thread.
+and assigns the noise of batch k+1. The noise is drawn from the prefetcher's own generator, in batch order, by one
+worker: the result is identical to assigning synchronously with that generator (tested), whatever the timing of the
+threads, and the training loop's own RNG is never touched from another thread.
 
     batches = prefetch_assigned_noise(loader, method="exact", generator=torch.Generator().manual_seed(seed))
     for x0, noise in batches:        # noise is already assigned to x0

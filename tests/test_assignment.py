@@ -11,7 +11,8 @@ from immiscible import native
 from immiscible.assignment import greedy_permutation, reduce_cost, solve_assignment
 
 # The project's kernel is compiled on first use; on a machine without a C compiler its tests skip (and say why).
-needs_jv = pytest.mark.skipif(native.jv_kernel() is None, reason="the jv kernel is unavailable (no working C compiler, or IMMISCIBLE_NATIVE=0)")
+needs_jv = pytest.mark.skipif(native.jv_kernel() is None,
+                              reason="the jv kernel is unavailable (no working C compiler, or IMMISCIBLE_NATIVE=0)")
 JV = pytest.param("jv", marks=needs_jv)
 
 

@@ -32,7 +32,8 @@ int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int ar
        the tests use to check step 4 on its own). Returns 0, or -1 when memory runs out. */
     int *free_rows = malloc(sizeof(int) * n), *matches = calloc(n, sizeof(int)), *ready = malloc(sizeof(int) * n);
     int *pred = malloc(sizeof(int) * n), *colarg = malloc(sizeof(int) * n);
-    double *dist = malloc(sizeof(double) * n), *h = malloc(sizeof(double) * n), *ready_dist = malloc(sizeof(double) * n);
+    double *dist = malloc(sizeof(double) * n), *h = malloc(sizeof(double) * n);
+    double *ready_dist = malloc(sizeof(double) * n);
     int ok = free_rows && matches && ready && pred && colarg && dist && h && ready_dist;
     if (!ok) goto done;
 
@@ -59,11 +60,11 @@ int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int ar
         for (int j = 0; j < n; j++) { double t = j == j1 ? JV_BIG : c[j] - v[j]; m = t < m ? t : m; }
         v[j1] -= m;
     }
-    /* 3. Augmenting row reduction, arr_passes (2) passes: a free row takes its best column, lowering that column's price to
-          make the row's best and second-best reduced costs equal, and evicts the column's row. An evicted row is
-          retried at once while prices strictly drop, at most JV_ARR_STEPS * n times per pass (on costs where
-          most columns share one minimal row, the raw L2 image-noise matrix, it could bounce for long); the rest
-          goes to step 4, which is exact from any state that keeps the slackness above. */
+    /* 3. Augmenting row reduction, arr_passes (2) passes: a free row takes its best column, lowering that
+          column's price to make the row's best and second-best reduced costs equal, and evicts the column's row.
+          An evicted row is retried at once while prices strictly drop, at most JV_ARR_STEPS * n times per pass
+          (on costs where most columns share one minimal row, the raw L2 image-noise matrix, it could bounce for
+          long); the rest goes to step 4, which is exact from any state that keeps the slackness above. */
     for (int pass = 0; pass < arr_passes && nfree > 0; pass++) {
         int k = 0, prev = nfree;
         long steps = 0;
