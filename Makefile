@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export DVC_SITE_CACHE_DIR := $(CURDIR)/.dvc/tmp/site-cache
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup test test-fast repro data lab notebooks device-check gpu-bundle
+.PHONY: setup test test-fast repro data lab device-check gpu-bundle
 
 setup: $(STAMP)
 
@@ -32,14 +32,11 @@ repro: $(STAMP)
 	$(BIN)/dvc repro
 
 data: $(STAMP)
-	$(BIN)/dvc repro data
+	$(BIN)/dvc repro data@cifar10
 
 lab: $(STAMP)
 	$(BIN)/pip install -q -e ".[lab]"
 	$(BIN)/jupyter lab notebooks/
-
-notebooks: $(STAMP)
-	$(BIN)/python tools/make_notebooks.py
 
 # On a machine with an NVIDIA GPU: the CUDA tests, the assignment timing on CUDA (results/device/tables/
 # assignment_timing_cuda.csv, the GPU named in each row) and the training-step overhead on the GPU.

@@ -4,7 +4,7 @@ The one line:
 
     noise = immiscible.assign_noise(x0, torch.randn_like(x0))
 """
-from immiscible.assignment import (
+from immiscible.noise.assignment import (
     assign_noise,
     assignment_permutation,
     image_noise_distance,

@@ -124,3 +124,35 @@ def load_yaml_group(path: str | Path, group: str) -> dict:
     if not isinstance(group_values, dict):
         raise ValueError(f"{path}: group {group!r} must be a mapping, got {type(group_values).__name__}")
     return group_values
+
+
+def load_profile(path: str | Path, group: str, profile: str) -> tuple[dict, dict]:
+    """(the group, its profile ``profile``) from params.yaml: ``<group>.profiles.<profile>``. The profile is the
+    only source of its values (no defaults hidden in code beyond the dataclasses' documented ones)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"params file {path} not found: run from the project root or pass its path")
+    values = load_yaml_group(path, group)
+    profiles = values.get("profiles", {})
+    if profile not in profiles:
+        raise ValueError(f"unknown profile {profile!r} for group {group!r} in {path}; choose one of "
+                         f"{sorted(profiles)}")
+    return values, profiles[profile] or {}
+
+
+def parse_param(name: str, value: Any, kind: type = list) -> Any:
+    """A notebook parameter as ``kind`` (list or dict). ``papermill -p batch_sizes "[32, 64]"`` passes a string: it
+    is parsed as YAML; a string that is not a ``kind`` raises a ValueError that shows the ``-y`` form."""
+    if isinstance(value, str):
+        import yaml
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = None
+        if not isinstance(parsed, kind):
+            example = "[32, 64]" if kind is list else "{key: value}"
+            raise ValueError(f"{name}={value!r} is not a {kind.__name__}; pass it as YAML: papermill IN OUT -y "
+                             f"\"{name}: {example}\" (or -p {name} \"{example}\")")
+        return parsed
+    if value is not None and not isinstance(value, (kind, tuple) if kind is list else kind):
+        raise ValueError(f"{name}={value!r} must be a {kind.__name__}")
+    return value

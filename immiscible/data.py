@@ -23,10 +23,12 @@ import os
 import tarfile
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
@@ -71,6 +73,56 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def to_model_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [-1, 1]."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def downsample(images: np.ndarray, resolution: int) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> uint8 (N, C, r, r) by average pooling (r must divide H)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # (N, C, H, W)
+    h = x.shape[-1]
+    if x.shape[-2] != h:
+        raise ValueError(f"images must be square, got {tuple(x.shape[-2:])}")
+    if h == resolution:
+        return x.contiguous()
+    if h % resolution:
+        raise ValueError(f"resolution={resolution} must divide the image size {h} (e.g. {h // 2}); "
+                         "pick a divisor or prepare the data at another size")
+    k = h // resolution
+    out = [F.avg_pool2d(x[i:i + 4096].float(), k).round().to(torch.uint8) for i in range(0, len(x), 4096)]
+    return torch.cat(out)
+
+
+def load_images(dataset: str, split: str, data_dir: str, resolution: int, num_images: int = 0) -> torch.Tensor:
+    """A dataset split as uint8 (N, C, r, r) at ``resolution``; ``num_images`` > 0 keeps the first N."""
+    images = load_dataset(dataset, split, data_dir).images
+    if num_images:
+        images = images[:num_images]
+    return downsample(images, resolution)
+
+
+# ----------------------------------------------------------------------------- data order
+
+@lru_cache(maxsize=4)
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(seed: int, step: int, batch_size: int, n: int) -> np.ndarray:
+    """Dataset indices of the global batch at ``step``: a pure function of (seed, step), hence resumable.
+    Batch ``s`` holds positions s*B..(s+1)*B-1 of the epoch permutations ``default_rng([seed, epoch])``."""
+    positions = np.arange(step * batch_size, (step + 1) * batch_size)
+    epochs, offsets = positions // n, positions % n
+    return np.array([_epoch_permutation(seed, int(e), n)[o] for e, o in zip(epochs, offsets)], dtype=np.int64)
+
+
+def flip_mask(seed: int, step: int, batch_size: int) -> np.ndarray:
+    """Which images of the global batch at ``step`` are flipped horizontally (p = 1/2), a pure function of
+    (seed, step) drawn from its own stream, so turning flips on leaves every other random draw unchanged."""
+    return np.random.default_rng([seed, step, 0xF1]).random(batch_size) < 0.5
 
 
 # ----------------------------------------------------------------------------- reading an ImageFolder

@@ -2,10 +2,11 @@
 
     python -m immiscible.pipeline distance_reduction            # params.yaml's `distance_reduction` group
     python -m immiscible.pipeline assignment_timing --group assignment_timing_cuda   # another group, same notebook
-    python -m immiscible.timing --group assignment_timing_cuda                       # the same without Jupyter
+    python -m immiscible.experiments.timing --group assignment_timing_cuda                       # the same without Jupyter
 
 The notebook ``notebooks/<name>.ipynb`` is executed by papermill into ``results/notebooks/<group>.ipynb`` with the
-group's values as parameters (plus ``data_dir`` and ``output_dir``); its tables and figures go to ``results/``.
+group's values that it declares as parameters (plus ``data_dir`` and ``output_dir``); its tables and figures go to
+``results/``.
 """
 from __future__ import annotations
 
@@ -28,24 +29,38 @@ def load_params(path: str | Path = "params.yaml") -> dict:
 def notebook_parameters(params: dict, group: str) -> dict:
     if group not in params:
         raise ValueError(f"params.yaml has no group {group!r}; groups: {sorted(params)}")
-    values = dict(params[group])
-    values.setdefault("dataset", params.get("data", {}).get("dataset", "cifar10"))
-    return values
+    return dict(params[group])
 
 
 def run_notebook(name: str, parameters: dict, output_dir: str | Path = "results", data_dir: str | Path = "data",
                  notebook_dir: str | Path | None = None, run_name: str | None = None) -> Path:
-    """Execute notebooks/<name>.ipynb with ``parameters`` into results/notebooks/<run_name or name>.ipynb."""
+    """Execute notebooks/<name>.ipynb with ``parameters`` into results/notebooks/<run_name or name>.ipynb.
+
+    Only the parameters the notebook declares are passed (a params.yaml group may hold more, e.g. profiles);
+    paths are recorded relative to the working directory, and cell output is streamed to the console (long cells
+    print a line per unit of work)."""
     import papermill as pm
 
     src = Path(notebook_dir or ROOT / "notebooks") / f"{name}.ipynb"
     if not src.exists():
         raise FileNotFoundError(f"no notebook {src}")
+    src = _relative(src)
     out = Path(output_dir) / "notebooks" / f"{run_name or name}.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
-    params = {"data_dir": str(data_dir), "output_dir": str(output_dir), **parameters}
-    pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(Path.cwd()))
+    declared = pm.inspect_notebook(str(src))
+    params = {k: v for k, v in {"data_dir": str(data_dir), "output_dir": str(output_dir), **parameters}.items()
+              if k in declared}
+    pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", log_output=True,
+                        progress_bar=False)
     return out
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (executed notebooks record it)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def main(argv=None) -> None:

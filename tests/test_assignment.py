@@ -7,8 +7,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from immiscible import assign_noise, assignment_permutation, image_noise_distance, knn_noise, mean_pair_distance
-from immiscible import native
-from immiscible.assignment import greedy_permutation, reduce_cost, solve_assignment
+from immiscible.noise import native
+from immiscible.noise.assignment import greedy_permutation, reduce_cost, solve_assignment
 
 # The project's kernel is compiled on first use; on a machine without a C compiler its tests skip (and say why).
 needs_jv = pytest.mark.skipif(native.jv_kernel() is None,
@@ -221,8 +221,8 @@ def _python_steps_during(solve, cost) -> int:
 
 @pytest.mark.parametrize("solver", [JV, "lap", "scipy"])
 def test_the_solvers_release_the_gil(solver):
-    from immiscible.assignment import _solve_lapjv
-    from immiscible.native import solve_jv
+    from immiscible.noise.assignment import _solve_lapjv
+    from immiscible.noise.native import solve_jv
     cost = np.random.default_rng(0).random((1500, 1500))
     if solver == "jv":  # the fastest: give it a matrix that keeps it busy for a while
         x0, noise = _pair(3000, shape=(3, 16, 16), seed=5)
@@ -233,7 +233,7 @@ def test_the_solvers_release_the_gil(solver):
 
 def test_lap_kernel_gives_lap_lapjv_result_and_leaves_the_input_alone():
     import lap
-    from immiscible.assignment import _lapjv_kernel
+    from immiscible.noise.assignment import _lapjv_kernel
     assert _lapjv_kernel() is not None  # the pinned lap exports it; without it lap.lapjv is used (holding the GIL)
     rng = np.random.default_rng(1)
     for n in (2, 3, 7, 64, 257):
@@ -272,7 +272,7 @@ def _cost_matrices(rng, n):
 def test_jv_kernel_is_optimal_on_many_random_and_tied_matrices(dtype, arr_passes):
     """The project's kernel gives scipy's optimum on the very matrix it solved, for every kind and size; with no
     row reduction (arr_passes=0) the shortest augmenting paths do nearly all the work and are checked alone."""
-    from immiscible.native import solve_jv
+    from immiscible.noise.native import solve_jv
     rng = np.random.default_rng(7)
     for n in list(range(2, 41)) + [64, 100, 257]:
         for cost in _cost_matrices(rng, n):
@@ -308,7 +308,7 @@ def test_jv_rejects_costs_too_large_for_its_sentinel_and_auto_falls_back_to_lap(
 @needs_jv
 def test_solve_jv_checks_its_input_itself():
     """Called directly, the kernel's wrapper refuses what would crash or mislead the C code."""
-    from immiscible.native import solve_jv
+    from immiscible.noise.native import solve_jv
     bad = [np.array([[0.0, np.inf], [1.0, 2.0]]), np.array([[0.0, np.nan], [1.0, 2.0]], dtype=np.float32),
            np.array([[1e300, 0.0], [0.0, 1.0]])]
     for cost in bad:
@@ -355,3 +355,120 @@ def test_native_build_is_cached_and_can_be_switched_off(monkeypatch, tmp_path):
     finally:
         native.jv_kernel.cache_clear()
 
+
+
+# --- quantized: the official recipe, written out independently -------------------------------------------------
+
+def _official_quantized(x0, noise):
+    """The official implementation's recipe: L2 distances of 0.1-scaled flattened tensors (torch.cdist), rounded to
+    float16, solved by scipy on that matrix. Returns (the fp16 matrix as float64, scipy's permutation)."""
+    d = torch.cdist(x0.flatten(1) * 0.1, noise.flatten(1) * 0.1).to(torch.float16)
+    return d.double().numpy(), linear_sum_assignment(d.float().numpy())[1]
+
+
+def _tie_heavy_batches(n=12, B=64, shape=(3, 32, 32)):
+    """Pixel-sized vectors: the distances concentrate, so the fp16 grid (spacing ~1e-3 relative) makes many ties."""
+    for seed in range(n):
+        yield seed, *_pair(B, shape=shape, seed=seed)
+
+
+def test_quantized_solves_the_official_fp16_problem_and_is_not_exact():
+    """On every batch, ``quantized`` reaches the optimum of the official fp16 matrix exactly (sums of fp16 values
+    are exact in float64). The fp16 rounding matters on these batches: ``exact`` (optimal for the fp32 distances)
+    picks another permutation on some of them, and on some it is even strictly worse on the fp16 matrix, so a
+    ``quantized`` that called ``exact``, or skipped the 0.1 scale or the fp16 rounding, fails here."""
+    differs, exact_worse = 0, 0
+    for seed, x0, noise in _tie_heavy_batches():
+        d16, official = _official_quantized(x0, noise)
+        rows = np.arange(len(d16))
+        best = d16[rows, official].sum()
+        q = assignment_permutation(x0, noise, "quantized").numpy()
+        e = assignment_permutation(x0, noise, "exact").numpy()
+        assert sorted(q.tolist()) == rows.tolist()
+        assert d16[rows, q].sum() == best, seed
+        differs += not np.array_equal(q, e)
+        exact_worse += d16[rows, e].sum() > best
+    assert differs >= 1 and exact_worse >= 1, (differs, exact_worse)
+
+
+def test_quantized_permutation_is_the_official_one():
+    for seed, x0, noise in _tie_heavy_batches():
+        _, official = _official_quantized(x0, noise)
+        q = assignment_permutation(x0, noise, "quantized").numpy()
+        assert np.array_equal(q, official), seed
+
+
+# --- greedy: the rule itself --------------------------------------------------------------------------------------
+
+def _greedy_reference(cost, seed):
+    """Rows in the order np.random.default_rng(seed).permutation(n); each takes its cheapest still-free column,
+    the lowest column index among equal costs."""
+    n = len(cost)
+    free = list(range(n))
+    perm = [None] * n
+    for i in np.random.default_rng(seed).permutation(n):
+        j = min(free, key=lambda col: (cost[i][col], col))
+        perm[i] = j
+        free.remove(j)
+    return np.array(perm)
+
+
+def test_greedy_follows_its_rule_on_random_and_tied_matrices():
+    rng = np.random.default_rng(12)
+    for n in (1, 2, 3, 5, 17, 40):
+        for seed in (0, 1, 7):
+            for cost in (rng.random((n, n)), rng.integers(0, 3, (n, n)).astype(float)):
+                np.testing.assert_array_equal(greedy_permutation(cost, seed), _greedy_reference(cost, seed))
+
+
+def test_greedy_method_is_the_rule_on_the_l2_matrix_with_seed_zero():
+    x0, noise = _pair(50, seed=13)
+    cost = torch.cdist(x0.flatten(1).double(), noise.flatten(1).double()).numpy()
+    perm = assignment_permutation(x0, noise, "greedy").numpy()
+    np.testing.assert_array_equal(perm, _greedy_reference(cost, 0))
+    assert not np.array_equal(perm, assignment_permutation(x0, noise, "exact").numpy())
+
+
+def test_greedy_is_suboptimal_on_a_hand_made_matrix():
+    """Row 0 likes column 0 (cost 0) but also has column 1 at cost 1; row 1 needs column 0 (else 8 or 9); row 2 takes
+    column 2. Optimum: 0->1, 1->0, 2->2, total 1. If row 0 comes before row 1, greedy gives 0->0 and leaves row 1
+    with column 1: total 8. If row 1 comes first, greedy finds the optimum."""
+    cost = np.array([[0.0, 1.0, 5.0],
+                     [0.0, 8.0, 9.0],
+                     [9.0, 9.0, 0.0]])
+    exact = solve_assignment(cost, "scipy")
+    np.testing.assert_array_equal(exact, [1, 0, 2])
+
+    def order(seed):
+        return np.random.default_rng(seed).permutation(3).tolist()
+
+    bad = next(s for s in range(100) if order(s).index(0) < order(s).index(1))
+    good = next(s for s in range(100) if order(s).index(1) < order(s).index(0))
+    np.testing.assert_array_equal(greedy_permutation(cost, bad), [0, 1, 2])
+    assert cost[np.arange(3), greedy_permutation(cost, bad)].sum() == 8.0 > cost[np.arange(3), exact].sum() == 1.0
+    np.testing.assert_array_equal(greedy_permutation(cost, good), [1, 0, 2])
+
+
+# --- jv: nearly constant float32 costs ---------------------------------------------------------------------------
+
+@needs_jv
+@pytest.mark.parametrize("arr_passes", [2, 0, 1])
+def test_jv_float32_is_optimal_on_nearly_constant_matrices_it_can_represent(arr_passes):
+    """1000 + k * ulp(1000) with small integers k: every entry is exact in float32 (2**-14 apart), unlike the
+    1e-9 steps of the float64 case, which vanish in float32. The float32 kernel must find scipy's optimum of this
+    very matrix (totals exact in float64)."""
+    from immiscible.noise.native import solve_jv
+    ulp = np.spacing(np.float32(1000))
+    assert ulp == 2.0 ** -14
+    rng = np.random.default_rng(14)
+    for n in list(range(2, 12)) + [31, 64, 200]:
+        for span in (2, 3, 16, 200):
+            k = rng.integers(0, span, (n, n))
+            cost = (np.float32(1000) + k.astype(np.float32) * ulp).astype(np.float32)
+            np.testing.assert_array_equal((cost.astype(np.float64) - 1000) / ulp, k)  # the steps survived
+            c = cost.astype(np.float64)
+            r, q = linear_sum_assignment(c)
+            best = c[r, q].sum()
+            for perm in (solve_jv(cost, arr_passes), solve_assignment(cost, "jv")):
+                assert sorted(perm.tolist()) == list(range(n))
+                assert c[np.arange(n), perm].sum() == best, (n, span)

@@ -11,14 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
-import immiscible.train as train_module
+import immiscible.diffusion.losses as losses_module
+import immiscible.engine.__main__ as cli_module
+import immiscible.engine.checkpoints as checkpoints_module
 from conftest import make_archive, make_image_folder
-from immiscible import unconditional as U
-from immiscible.assignment import knn_noise
+from immiscible.experiments import figures, unconditional as U
+from immiscible.config import load_profile
+
+PARAMS = str(pathlib.Path(__file__).resolve().parents[1] / "params.yaml")
+from immiscible.noise.assignment import knn_noise
 from immiscible.config import from_dict
 from immiscible.data import DatasetError, load_dataset, prepare_dataset
 from immiscible.models import MODEL_CONFIGS
-from immiscible.train import TrainConfig, list_checkpoints, list_snapshots, load_run_model, train, verify_checksums
+from immiscible.engine.config import TrainConfig
+from immiscible.engine.checkpoints import list_checkpoints, list_snapshots, load_run_model, verify_checksums
+from immiscible.engine.loop import train
 
 TINY = dict(model="tiny", resolution=8, batch_size=8, steps=4, checkpoint_every=2, snapshot_every=2, log_every=1,
             progress=False)
@@ -45,11 +52,11 @@ def _snapshot(folder: pathlib.Path) -> dict[str, bytes]:
 
 def test_unknown_method(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"method='immiscible' is not allowed; choose one of .*'vanilla'.*'exact'"):
-        train_module.config_from_args(["--set", "method=immiscible"])
+        cli_module.config_from_args(["--set", "method=immiscible"])
     with pytest.raises(ValueError, match=r"unknown method 'immiscible'; choose from .*'vanilla'"):
-        U.setup("smoke", methods=["vanilla", "immiscible"], params=None)
+        U.setup("smoke", methods=["vanilla", "immiscible"], params=PARAMS)
     with pytest.raises(SystemExit):
-        train_module.main(["--method", "immiscible"])
+        cli_module.main(["--method", "immiscible"])
     assert re.search(r"invalid choice: 'immiscible' \(choose from '?vanilla'?, '?exact'?", capsys.readouterr().err)
 
 
@@ -63,19 +70,22 @@ def test_unknown_dataset(tmp_path):
 
 
 def test_unknown_profile(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown profile 'nope'; choose one of \('smoke', 'cpu', 'paper'\)"):
-        U.load_profile("nope", None)
-    with pytest.raises(ValueError, match=r"unknown profile 'nope'; choose one of"):
-        train_module.main(["--profile", "nope", "--params", str(tmp_path / "params.yaml"),
+    with pytest.raises(ValueError, match=r"unknown profile 'nope' for group 'unconditional' in .*params.yaml; "
+                                         r"choose one of \['cpu', 'paper', 'smoke'\]"):
+        load_profile(PARAMS, "unconditional", "nope")
+    with pytest.raises(ValueError, match=r"unknown profile 'nope' for group 'unconditional'.*choose one of"):
+        cli_module.main(["--profile", "nope", "--params", PARAMS,
                            "--output-dir", str(tmp_path / "run")])
     assert not (tmp_path / "run").exists()
+    with pytest.raises(FileNotFoundError, match=r"params file .*nothere.yaml not found"):
+        cli_module.main(["--profile", "smoke", "--params", str(tmp_path / "nothere.yaml")])
 
 
 def test_unknown_objective(tmp_path):
     with pytest.raises(ValueError, match=r"objective='score' is not allowed; choose one of .*'eps'.*'flow'"):
-        train_module.config_from_args(["--set", "objective=score"])
+        cli_module.config_from_args(["--set", "objective=score"])
     with pytest.raises(ValueError, match=r"unknown objective 'score'; choose one of .*'eps'"):
-        U.setup("smoke", objective="score", params=None)
+        U.setup("smoke", objective="score", params=PARAMS)
 
 
 @pytest.mark.parametrize("batch_size", [0, -8])
@@ -83,7 +93,7 @@ def test_batch_size_zero_or_negative(tmp_path, batch_size):
     with pytest.raises(ValueError, match=rf"batch_size={batch_size} must be >= 1"):
         train(_cfg(tmp_path, batch_size=batch_size), images=_images())
     with pytest.raises(ValueError, match=rf"batch_size={batch_size} must be >= 1"):
-        U.setup("smoke", batch_size=batch_size, params=None, checkpoint_dir=str(tmp_path / "ckpt"))
+        U.setup("smoke", batch_size=batch_size, params=PARAMS, checkpoint_dir=str(tmp_path / "ckpt"))
     assert _files(tmp_path) == []
 
 
@@ -186,7 +196,7 @@ def test_checkpoint_from_another_model_config(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, bad):
-    real = train_module.training_pair
+    real = losses_module.training_pair
     calls = {"n": 0}
 
     def poisoned(objective, x0, noise, t, alphas_cumprod):
@@ -194,8 +204,8 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         x_t, target = real(objective, x0, noise, t, alphas_cumprod)
         return x_t, target * bad if calls["n"] == 4 else target  # the 4th step (step index 3)
 
-    monkeypatch.setattr(train_module, "training_pair", poisoned)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss \[(nan|inf)\] at step 3 of .*; stopped without "
+    monkeypatch.setattr(losses_module, "training_pair", poisoned)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss \((nan|inf)\) by step 4 of .*; stopped without "
                                                  r"saving. Last good checkpoint: .*checkpoint-0000002. Lower lr or "
                                                  r"enable grad_clip"):
         train(_cfg(tmp_path, steps=6), images=_images())
@@ -226,28 +236,28 @@ def _fid_table() -> pd.DataFrame:
 
 
 def test_no_disk_space_when_writing_a_table(tmp_path, monkeypatch):
-    exp = U.setup("smoke", params=None, output_dir=str(tmp_path / "results"))
+    exp = U.setup("smoke", params=PARAMS, output_dir=str(tmp_path / "results"))
     tables = tmp_path / "results" / "tables"
     with monkeypatch.context() as m:
         m.setattr(pathlib.Path, "write_text", _disk_full_after_half(pathlib.Path.write_text))
         with pytest.raises(OSError, match=r"no space left on device while writing .*unconditional_efficiency.csv: "
                                           r"free space or set output_dir elsewhere") as info:
-            U.efficiency_table(exp, _fid_table())
+            U.efficiency_tables(exp, _fid_table())
     assert info.value.errno == errno.ENOSPC
     assert _files(tables) == []  # no partial table, no temporary file
-    good = U.efficiency_table(exp, _fid_table())  # with space: written whole
+    good, _ = U.efficiency_tables(exp, _fid_table())  # with space: written whole
     written = (tables / "unconditional_efficiency.csv").read_text()
-    assert written == good.to_csv(index=False)
+    assert written == good.to_csv(index=False, float_format="%.6g")
     with monkeypatch.context() as m:  # a failed rewrite keeps the previous complete table
         m.setattr(pathlib.Path, "write_text", _disk_full_after_half(pathlib.Path.write_text))
         with pytest.raises(OSError, match="no space left on device"):
-            U.efficiency_table(exp, _fid_table().assign(fd=lambda d: d.fd * 2))
-    assert _files(tables) == ["unconditional_efficiency.csv"]
+            U.efficiency_tables(exp, _fid_table().assign(fd=lambda d: d.fd * 2))
+    assert _files(tables) == ["unconditional_efficiency.csv", "unconditional_efficiency_seeds.csv"]
     assert (tables / "unconditional_efficiency.csv").read_text() == written
 
 
 def test_no_disk_space_when_writing_a_figure(tmp_path, monkeypatch):
-    exp = U.setup("smoke", params=None, output_dir=str(tmp_path / "results"))
+    exp = U.setup("smoke", params=PARAMS, output_dir=str(tmp_path / "results"))
     real = matplotlib.figure.Figure.savefig
 
     def savefig(fig, path, *args, **kwargs):
@@ -259,14 +269,14 @@ def test_no_disk_space_when_writing_a_figure(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
     with pytest.raises(OSError, match=r"no space left on device while writing .*unconditional_fd_curves.png: free "
                                       r"space or set output_dir elsewhere"):
-        U.plot_curves(exp, _fid_table())
+        figures.plot_curves(_fid_table(), exp.output_dir, "unconditional_fd_curves")
     import matplotlib.pyplot as plt
     plt.close("all")
     assert _files(tmp_path / "results" / "figures") == []
 
 
 def test_no_disk_space_when_writing_a_checkpoint(tmp_path, monkeypatch):
-    real = train_module.save_file
+    real = checkpoints_module.save_file
 
     def save_file(tensors, path, *args, **kwargs):
         if "checkpoint-0000004" in str(path) and path.name == "ema.safetensors":
@@ -274,7 +284,7 @@ def test_no_disk_space_when_writing_a_checkpoint(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, path, *args, **kwargs)
 
-    monkeypatch.setattr(train_module, "save_file", save_file)
+    monkeypatch.setattr(checkpoints_module, "save_file", save_file)
     with pytest.raises(OSError, match=r"no space left on device while writing .*checkpoint-0000004: free space or "
                                       r"set output_dir elsewhere"):
         train(_cfg(tmp_path, steps=4), images=_images())

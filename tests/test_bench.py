@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import yaml
 
-import immiscible.bench as bench
+import immiscible.experiments.bench as bench
 from immiscible.data import prepare_dataset
 from conftest import make_image_folder
 

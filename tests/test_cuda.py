@@ -5,11 +5,14 @@ import json
 import pytest
 import torch
 
-import immiscible.train as train_module
-from immiscible.assignment import assign_noise, knn_noise, mean_pair_distance
+import immiscible.diffusion.losses as losses_module
+import immiscible.engine.__main__ as cli_module
+import immiscible.engine.checkpoints as checkpoints_module
+from immiscible.noise.assignment import assign_noise, knn_noise, mean_pair_distance
 from immiscible.config import from_dict
-from immiscible.timing import time_assignment
-from immiscible.train import TrainConfig, train
+from immiscible.experiments.timing import time_assignment
+from immiscible.engine.config import TrainConfig
+from immiscible.engine.loop import train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -36,7 +39,7 @@ def test_timing_on_cuda_names_the_gpu():
 def test_gpu_training_thread_and_inline_see_the_same_assigned_noise(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
-    real = train_module.training_pair
+    real = losses_module.training_pair
     seen = {}
     for background in ("thread", "inline"):
         got = seen.setdefault(background, [])
@@ -46,7 +49,7 @@ def test_gpu_training_thread_and_inline_see_the_same_assigned_noise(tmp_path, mo
             got.append((x0.detach().cpu(), noise.detach().cpu()))
             return real(objective, x0, noise, t, alphas_cumprod)
 
-        monkeypatch.setattr(train_module, "training_pair", spy)
+        monkeypatch.setattr(losses_module, "training_pair", spy)
         cfg = from_dict(TrainConfig, dict(model="tiny", resolution=8, batch_size=32, steps=4, checkpoint_every=4,
                                           snapshot_every=0, log_every=1, progress=False, method="exact",
                                           mixed_precision="bf16", assign_background=background,

@@ -20,8 +20,8 @@ class Block:
         if name.split('.')[0] in {blocked!r}:
             raise ImportError('not installed on the GPU image: ' + name)
 sys.meta_path.insert(0, Block())
-import immiscible.timing, immiscible.bench
-immiscible.timing.main({argv!r})
+import immiscible.experiments.timing, immiscible.experiments.bench
+immiscible.experiments.timing.main({argv!r})
 """
 
 
@@ -41,7 +41,7 @@ def test_timing_cli_needs_no_notebook_stack(tmp_path):
 
 
 def test_timing_cli_rejects_an_unknown_group(tmp_path):
-    from immiscible.timing import main
+    from immiscible.experiments.timing import main
     with pytest.raises(ValueError, match="no group 'nope'"):
         main(["--group", "nope", "--params", str(ROOT / "params.yaml")])
 
@@ -68,7 +68,7 @@ def test_device_check_dry_run_writes_its_results(tmp_path):
 
 def test_timing_reductions_are_reproducible():
     """Times vary from run to run; the achieved reductions (knn included: its candidates are seeded) do not."""
-    from immiscible.timing import time_assignment
+    from immiscible.experiments.timing import time_assignment
     runs = [time_assignment(["exact", "greedy", "knn"], [16, 32], dim=48, repeats=1, knn_k=4, seed=3)
             for _ in range(2)]
     assert runs[0].delta_mean_distance_pct.tolist() == runs[1].delta_mean_distance_pct.tolist()

@@ -1,15 +1,15 @@
-"""FD/KID, the proxy feature extractor, steps-to-target and the efficiency ratio; sampling shapes."""
+"""FD/KID, the proxy feature extractor, sampling shapes."""
 import numpy as np
 import pytest
 import torch
 
 from immiscible.config import from_dict
-from immiscible.metrics import (ClassifierConfig, efficiency, frechet_distance, feature_stats, get_extractor,
-                                kernel_distance, load_proxy_extractor, steps_to_target, train_classifier,
-                                classifier_dir)
+from immiscible.evaluation.features import ClassifierConfig, get_extractor, load_proxy_extractor, train_classifier, classifier_dir
+from immiscible.evaluation.distances import frechet_distance, feature_stats, kernel_distance
 from immiscible.models import build_unet
-from immiscible.sampling import sample_images, save_grid
-from immiscible.train import TrainConfig
+from immiscible.diffusion.sampling import sample_images
+from immiscible.experiments.figures import save_grid
+from immiscible.engine.config import TrainConfig
 
 
 def test_fd_is_zero_for_same_features_and_grows_with_shift():
@@ -22,23 +22,6 @@ def test_fd_is_zero_for_same_features_and_grows_with_shift():
     assert kernel_distance(ref + 1.0, ref, num_subsets=10, max_subset_size=200) > \
         kernel_distance(rng.normal(size=(2000, 8)), ref, num_subsets=10, max_subset_size=200)
     assert kernel_distance(ref, ref[::-1], 5, 100, seed=3) == kernel_distance(ref, ref[::-1], 5, 100, seed=3)
-
-
-def test_steps_to_target_interpolates_and_nan_when_never_reached():
-    steps = [100, 200, 300]
-    assert steps_to_target(steps, [50, 30, 10], 20) == pytest.approx(250)
-    assert steps_to_target(steps, [50, 30, 10], 60) == 100
-    assert np.isnan(steps_to_target(steps, [50, 30, 25], 20))
-
-
-def test_efficiency_ratio_of_a_method_twice_as_fast():
-    steps = np.array([100, 200, 300, 400])
-    base = np.array([40.0, 30.0, 20.0, 10.0])
-    slow = [base + e for e in (0.0, 0.5, -0.5)]
-    fast = [np.array([30.0, 10.0, 8.0, 7.0]) + e for e in (0.0, 0.3, -0.3)]
-    out = efficiency(steps, slow, fast, target=10.0, n_boot=200)
-    assert out["ratio"] == pytest.approx(2.0, rel=0.01)
-    assert out["ratio_ci_low"] <= out["ratio"] <= out["ratio_ci_high"]
 
 
 def test_proxy_classifier_trains_caches_and_extracts(tmp_path):
@@ -90,3 +73,11 @@ def test_inception_weights_file_is_used_when_given_and_labelled_fid(tmp_path):
     assert np.allclose(extractor(white), 127 / 128, atol=1e-3)
     with pytest.raises(FileNotFoundError, match="inception weights"):
         get_extractor("inception", inception_path=str(tmp_path / "missing.pt"))
+    # `auto` never turns a run below the data's native resolution into something labelled FID
+    labels = torch.arange(64) % 2
+    images = torch.randint(0, 200, (64, 3, 8, 8), dtype=torch.uint8)
+    train_classifier(ClassifierConfig(dataset="toy", resolution=8, epochs=1, batch_size=16, width=8, feature_dim=8,
+                                      out_dir=str(tmp_path), progress=False), images, labels)
+    proxy = get_extractor("auto", classifier_dir(tmp_path, "toy", 8), inception_path=str(path),
+                          native_resolution=False)
+    assert proxy.name == "proxy" and "FID" not in proxy.label

@@ -10,8 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from immiscible.assignment import assign_noise
-from immiscible.train import batch_indices, step_generator, to_model_input, verify_checksums
+from immiscible.noise.assignment import assign_noise
+from immiscible.data import batch_indices, to_model_input
+from immiscible.noise.source import step_generator
+from immiscible.engine.checkpoints import verify_checksums
 
 SEED, STEPS, BATCH = 3, 3, 16  # global batch 16: 8 images per process
 CONFIG = dict(model="tiny", resolution=8, batch_size=BATCH, steps=STEPS, method="exact", seed=SEED,
@@ -25,28 +27,32 @@ from pathlib import Path
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-import immiscible.train as T
+import immiscible.diffusion.losses as L
+import immiscible.engine.loop as T
+from immiscible.engine.config import TrainConfig
 from immiscible.config import from_dict
 
 out = Path(sys.argv[1])
 base = json.loads((out / "config.json").read_text())
 images = load_file(out / "images.safetensors")["images"]
 used = []  # (x0, noise) of every step, as the loss saw them
-real_training_pair = T.training_pair
+real_training_pair = L.training_pair
 
 def training_pair(objective, x0, noise, t, alphas_cumprod):
     used.append((x0.clone(), noise.clone()))
     return real_training_pair(objective, x0, noise, t, alphas_cumprod)
 
-T.training_pair = training_pair
+L.training_pair = training_pair
 report = {}
 try:
-    T.train(from_dict(T.TrainConfig, {**base, "batch_size": 7, "output_dir": str(out / "odd")}), images=images)
+    T.train(from_dict(TrainConfig, {**base, "batch_size": 7, "output_dir": str(out / "odd")}), images=images)
 except ValueError as e:
     report["odd_batch_error"] = str(e)
-for scope in ("global", "local"):
+for scope in ("global", "local", "global-thread"):
     used.clear()
-    cfg = from_dict(T.TrainConfig, {**base, "assign_scope": scope, "output_dir": str(out / scope)})
+    where = "thread" if scope.endswith("thread") else "inline"
+    cfg = from_dict(TrainConfig, {**base, "assign_scope": scope.split("-")[0], "assign_background": where,
+                                  "output_dir": str(out / scope)})
     report[scope] = T.train(cfg, images=images)
     rank = dist.get_rank()
     save_file({f"{kind}-{step}": t.contiguous() for step, pair in enumerate(used) for kind, t in zip(("x0", "noise"), pair)},
@@ -83,12 +89,12 @@ def test_two_cpu_processes_train_and_global_assignment_equals_single_process(tmp
         assert "batch_size=7 must be divisible by the number of processes (2): use a multiple of 2" in \
             report["odd_batch_error"]
     assert not (tmp_path / "odd").exists()
-    for scope in ("global", "local"):
+    for scope in ("global", "local", "global-thread"):
         assert verify_checksums(tmp_path / scope / f"checkpoint-{STEPS:07d}")
         assert json.loads((tmp_path / scope / "summary.json").read_text())["num_processes"] == 2
 
-    used = {(scope, r): load_file(tmp_path / f"{scope}-rank{r}.safetensors") for scope in ("global", "local")
-            for r in (0, 1)}
+    used = {(scope, r): load_file(tmp_path / f"{scope}-rank{r}.safetensors")
+            for scope in ("global", "local", "global-thread") for r in (0, 1)}
     half = BATCH // 2
     scopes_differ = False
     for step in range(STEPS):
@@ -101,6 +107,8 @@ def test_two_cpu_processes_train_and_global_assignment_equals_single_process(tmp
             for scope in ("global", "local"):
                 assert torch.equal(used[scope, r][f"x0-{step}"], x0[r]), (scope, r, step)
             assert torch.equal(used["global", r][f"noise-{step}"], single[r * half:(r + 1) * half]), (r, step)
+            # rank 0 solved and broadcast the permutation from a background thread on its own process group
+            assert torch.equal(used["global-thread", r][f"noise-{step}"], used["global", r][f"noise-{step}"])
             assert torch.equal(used["local", r][f"noise-{step}"], assign_noise(x0[r], drawn[r])), (r, step)
         local = torch.cat([used["local", r][f"noise-{step}"] for r in (0, 1)])
         scopes_differ |= not torch.equal(local, single)

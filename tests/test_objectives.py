@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from immiscible.assignment import assign_noise
-from immiscible.objectives import OBJECTIVES, predict_x0, sample_t, training_pair
+from immiscible.noise.assignment import assign_noise
+from immiscible.diffusion.objectives import OBJECTIVES, predict_x0, sample_t, training_pair
 from diffusers import DDPMScheduler
 
 ALPHAS_CUMPROD = DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02).alphas_cumprod

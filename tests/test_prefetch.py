@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from immiscible.assignment import mean_pair_distance
-from immiscible.prefetch import draw_assigned_noise, prefetch_assigned_noise
+from immiscible.noise.assignment import mean_pair_distance
+from immiscible.noise.prefetch import draw_assigned_noise, prefetch_assigned_noise
 
 
 def _batches(n=6, B=32, seed=0):

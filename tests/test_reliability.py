@@ -13,17 +13,22 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 import torch
 from safetensors.torch import load_file
 
-import immiscible.train as train_module
+import immiscible.diffusion.losses as losses_module
+import immiscible.engine.__main__ as cli_module
+import immiscible.engine.checkpoints as checkpoints_module
 from conftest import make_image_folder
-from immiscible import unconditional as U
+from immiscible.experiments import unconditional as U
+from immiscible.evaluation.features import train_classifier
 from immiscible.config import from_dict
 from immiscible.data import load_dataset
-from immiscible.distance_reduction import measure_distance_reduction
-from immiscible.train import (TrainConfig, checkpoint_step, latest_valid_checkpoint, list_checkpoints,
-                              list_snapshots, train, verify_checksums)
+from immiscible.experiments.distance_reduction import measure_distance_reduction
+from immiscible.engine.config import TrainConfig
+from immiscible.engine.checkpoints import checkpoint_step, latest_valid_checkpoint, list_checkpoints, list_snapshots, verify_checksums
+from immiscible.engine.loop import train
 
 STEPS = 16
 # A tiny run with everything that carries state across a resume: exact assignment, dropout, EMA, AdamW.
@@ -95,7 +100,7 @@ def reference(data, tmp_path_factory) -> dict:
     torch.set_num_threads(1)
     try:
         run_dir = tmp_path_factory.mktemp("reference") / "run"
-        train_module.main(_argv(data, run_dir))
+        cli_module.main(_argv(data, run_dir))
     finally:
         torch.set_num_threads(before)
     assert _logged_steps(run_dir) == list(range(1, STEPS + 1))
@@ -123,7 +128,7 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_bitwise_the_same_weights(da
     kill_after, delay = rng.randint(3, STEPS - 4), rng.uniform(0.0, 0.1)  # about 0-2 steps past the logged one
     context = f"(random moment: seed {seed}, {delay:.3f} s after step {kill_after} was logged)"
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "immiscible.train", *_argv(data, run_dir)]
+    command = [sys.executable, "-m", "immiscible.engine", *_argv(data, run_dir)]
     with open(tmp_path / "killed.err", "w") as err:
         proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=err)
         try:
@@ -153,7 +158,8 @@ def test_sigkill_at_a_random_moment_then_rerun_gives_bitwise_the_same_weights(da
 # Run the train command, SIGKILLing itself in the middle of writing checkpoint-0000008.
 KILL_DURING_CHECKPOINT = """
 import os, signal, sys
-import immiscible.train as T
+import immiscible.engine.checkpoints as T
+import immiscible.engine.__main__ as cli
 
 WHERE = sys.argv.pop(1)
 real_save_file, real_write_checksums = T.save_file, T.write_checksums
@@ -169,7 +175,7 @@ def write_checksums(folder):
     real_write_checksums(folder)
 
 T.save_file, T.write_checksums = save_file, write_checksums
-T.main(sys.argv[1:])
+cli.main(sys.argv[1:])
 """
 
 
@@ -186,7 +192,7 @@ def test_sigkill_during_a_checkpoint_write_resumes_from_the_previous_one(data, r
     assert (partial[0] / "model.safetensors").is_file()
     assert [p.name for p in list_checkpoints(run_dir)] == ["checkpoint-0000004", "checkpoint-0000006"]
 
-    train_module.main(_argv(data, run_dir))  # the rerun: the same train command
+    cli_module.main(_argv(data, run_dir))  # the rerun: the same train command
     summary = json.loads(capsys.readouterr().out)
     assert summary["start_step"] == 6
     _assert_bitwise_equal(_weights(run_dir), reference)
@@ -237,12 +243,14 @@ def _smoke_tables(data: Path, workdir: Path, monkeypatch) -> dict[str, bytes]:
     """Run the unconditional experiment's smoke profile (as the notebook does) in ``workdir``; its table files."""
     workdir.mkdir()
     monkeypatch.chdir(workdir)  # relative output paths: the tables (which name checkpoints) compare byte for byte
-    exp = U.setup("smoke", str(data), "data", params=None, checkpoint_dir="checkpoints/unconditional",
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["unconditional"].update(dataset=str(data), seeds=[0, 1])
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params))
+    exp = U.setup("smoke", data_dir="data", params="params.yaml", checkpoint_dir="checkpoints/unconditional",
                   output_dir="results", classifier_root="checkpoints/classifier")
+    train_classifier(exp.classifier)
     U.train_all(exp)
-    fid = U.evaluate(exp)
-    U.efficiency_table(exp, fid)
-    U.last_step(exp)
+    U.evaluate_all(exp)
     import matplotlib.pyplot as plt
     plt.close("all")
     tables = workdir / "results" / "tables"
@@ -254,8 +262,9 @@ def _smoke_tables(data: Path, workdir: Path, monkeypatch) -> dict[str, bytes]:
 def test_smoke_profile_twice_gives_identical_tables(data, tmp_path, monkeypatch, one_thread):
     first = _smoke_tables(data, tmp_path / "first", monkeypatch)
     second = _smoke_tables(data, tmp_path / "second", monkeypatch)
-    assert set(first) == {"unconditional_fid.csv", "unconditional_efficiency.csv", "unconditional_last_step.csv"}
-    for name in first:
+    assert set(first) == {f"unconditional_{name}.csv" for name in ("fid", "paired", "efficiency", "efficiency_seeds",
+                                                                    "training", "loss", "last_step", "sampling_noise")}
+    for name in set(first) - {"unconditional_training.csv", "unconditional_loss.csv"}:  # these hold wall time
         assert first[name] == second[name], f"{name} differs between two runs with the same params and seed"
     fid = pd.read_csv(tmp_path / "first" / "results" / "tables" / "unconditional_fid.csv")
     assert fid.fd.notna().all() and len(fid) == 2 * 2 * 2  # methods x seeds x snapshots: a real table

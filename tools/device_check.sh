@@ -45,9 +45,9 @@ part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to OUT/devi
 }
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
-  part timing 300 "$py" -m immiscible.timing --group assignment_timing_cuda --device cpu --batch-sizes 32 64 \
+  part timing 300 "$py" -m immiscible.experiments.timing --group assignment_timing_cuda --device cpu --batch-sizes 32 64 \
     --max-seconds 1 --data-dir "$data" --output-dir "$out"
-  part bench 300 "$py" -m immiscible.bench --profile smoke --batch-sizes 8 --steps 4 --repeats 1 --data-dir "$data" \
+  part bench 300 "$py" -m immiscible.experiments.bench --profile smoke --batch-sizes 8 --steps 4 --repeats 1 --data-dir "$data" \
     --out "$out/assignment_overhead_cuda.csv"
   exit $status
 fi
@@ -56,7 +56,7 @@ fi
  # the exact solver's C kernel: built here once (not inside a timing), or why not (then `lap` solves)
  "$py" -c "from immiscible import native; print('jv kernel:', native.build())") > "$out/hardware.txt" 2>&1
 part pytest_cuda 120 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
-part timing 180 "$py" -m immiscible.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
-part bench 150 "$py" -m immiscible.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
+part timing 180 "$py" -m immiscible.experiments.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
+part bench 150 "$py" -m immiscible.experiments.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
   --data-dir "$data" --out "$out/assignment_overhead_cuda.csv"
 exit $status

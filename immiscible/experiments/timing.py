@@ -17,7 +17,7 @@ Methods timed here:
 
 The notebook ``notebooks/assignment_timing.ipynb`` shows these; without Jupyter (e.g. on a GPU machine):
 
-    python -m immiscible.timing --group assignment_timing_cuda --output-dir results/device
+    python -m immiscible.experiments.timing --group assignment_timing_cuda --output-dir results/device
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
-from immiscible import native
-from immiscible.assignment import greedy_permutation, image_noise_distance, knn_noise, mean_pair_distance, \
+from immiscible.noise import native
+from immiscible.noise.assignment import greedy_permutation, image_noise_distance, knn_noise, mean_pair_distance, \
     solve_assignment
-from immiscible.distance_reduction import PAPER_TIME_MS
+from immiscible.experiments.distance_reduction import PAPER_TIME_MS
 from immiscible.io import atomic_savefig
 
 TIMING_METHODS = ("exact", "exact_lap", "exact_scipy", "quantized", "greedy", "knn")
@@ -153,6 +153,8 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
                 runs.append((d_ms, a_ms, 100.0 * (mean_pair_distance(x0, paired) - base) / base))
             d_ms = statistics.median(r[0] for r in runs)
             a_ms = statistics.median(r[1] for r in runs)
+            tqdm.write(f"B={B} {method}: {a_ms + (0.0 if math.isnan(d_ms) else d_ms):.1f} ms "
+                       f"({len(runs)} batches)")  # a line per point: the console of a pipeline run shows progress
             rows.append({
                 "method": method, "solver": _solver_name(method), "batch_size": B, "dim": dim, "device": device,
                 "dtype": dtype, "hardware": hw,
@@ -233,7 +235,7 @@ def run_group(params: dict, data_dir: str = "data", output_dir: str = "results",
     """Time the methods of one params.yaml group (``overrides`` replace its values), write ``tables/<table_name>``
     and its figure under ``output_dir``, and return the table. ``echo`` prints the speed-up over scipy, the growth
     exponents and the recommended method per batch size. The notebook ``assignment_timing`` calls this and shows
-    the tables; ``python -m immiscible.timing`` does the same without Jupyter (the GPU check)."""
+    the tables; ``python -m immiscible.experiments.timing`` does the same without Jupyter (the GPU check)."""
     from pathlib import Path
 
     from immiscible.io import atomic_write_text
@@ -266,7 +268,7 @@ def run_group(params: dict, data_dir: str = "data", output_dir: str = "results",
 def main(argv=None) -> None:
     import argparse
 
-    from immiscible.pipeline import load_params, notebook_parameters
+    from immiscible.config import load_yaml_group
 
     p = argparse.ArgumentParser(description="Assignment timing for one params.yaml group, without Jupyter "
                                             "(the notebook `assignment_timing` does the same and shows it).")
@@ -278,7 +280,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="override the group's batch sizes")
     p.add_argument("--max-seconds", type=float, default=None, help="override the group's time per point")
     a = p.parse_args(argv)
-    params = notebook_parameters(load_params(a.params), a.group)
+    params = load_yaml_group(a.params, a.group)
+    if not params:
+        raise ValueError(f"{a.params} has no group {a.group!r}")
     run_group(params, a.data_dir, a.output_dir, device=a.device, batch_sizes=a.batch_sizes,
               max_seconds=a.max_seconds)
 

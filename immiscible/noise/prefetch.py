@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from immiscible.assignment import assign_noise, knn_noise
+from immiscible.noise.assignment import assign_noise, knn_noise
 
 NOISE_METHODS = ("vanilla", "exact", "quantized", "greedy", "knn")
 

@@ -20,7 +20,7 @@ knn        not a permutation (see ``knn_noise``): each image draws k noises and 
 
 Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
 ``"jv"``     the project's Jonker-Volgenant kernel (``csrc/jv.c``), written for the compiler's vectorizer and built
-             on first use (``immiscible.native``); float32 or float64 costs. 2.7x faster than ``lap`` on
+             on first use (``immiscible.noise.native``); float32 or float64 costs. 2.7x faster than ``lap`` on
              CIFAR-10 batches of 1024 (results/tables/assignment_timing.csv).
 ``"lap"``    Jonker-Volgenant from the ``lap`` package (float64, scalar C++).
 ``"scipy"``  ``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost.
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from immiscible import native
+from immiscible.noise import native
 
 METHODS = ("exact", "quantized", "greedy")
 COSTS = ("l2", "sqeuclidean")
@@ -187,8 +187,10 @@ def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = 
     with torch.no_grad():
         if method == "quantized":
             # Official variant: fp16 L2 of 0.1-scaled tensors (computed in fp32, rounded to fp16 as on GPU).
+            # Solved as the official code solves it (scipy on the raw fp16 matrix): among the permutations that the
+            # fp16 ties make equally optimal, this returns the official one.
             dist = image_noise_distance(x0 * 0.1, noise * 0.1, "l2").to(torch.float16)
-            perm = solve_assignment(dist.float().cpu().numpy(), solver="scipy")
+            perm = np.asarray(linear_sum_assignment(dist.float().cpu().numpy())[1], dtype=np.int64)
         else:
             dist = image_noise_distance(x0, noise, cost).float().cpu().numpy()  # fp32: what the GEMM computed
             perm = solve_assignment(dist, solver) if method == "exact" else greedy_permutation(dist)

@@ -1,21 +1,16 @@
-"""Sample quality and training efficiency: FD/KID on clean-fid, feature extractors, steps-to-target.
+"""Feature extractors for sample quality: clean-fid's Inception (FID) and a documented proxy.
 
-Feature extractors
-------------------
 ``inception``  clean-fid's Inception-V3 ("clean" mode: PIL bicubic resize to 299x299) when its weights file exists:
                ``/tmp/inception-2015-12-05.pt`` (where clean-fid keeps it) or a file the user passes. Then FD is FID.
-``proxy``      without those weights (offline machines): the 128-d penultimate features of a small CIFAR-10 classifier
-               that ``python -m immiscible.metrics train-classifier`` trains and caches, with its test accuracy.
-               The Frechet distance in this space is reported as "FD (proxy ...)", never as FID.
-Both FD (``cleanfid.fid.frechet_distance``) and KID (``cleanfid.fid.kernel_distance``, seeded) use the same features.
-
-Efficiency (the paper's "x times faster training"): for each method, the training step at which its seed-mean
-FD curve first reaches a target FD (linear interpolation between evaluated steps); the ratio
-steps(vanilla) / steps(immiscible) with a bootstrap confidence interval over seeds.
+``proxy``      without those weights (offline machines): the 128-d penultimate features of a small classifier
+               trained on the training split and cached by the experiment's ``classifier`` stage, with its test
+               accuracy. The Frechet distance in this space is reported as "FD (proxy ...)", never as FID; its
+               reference set must be held out from the classifier's training images (the test split).
+``auto``       Inception only when its weights exist AND the images are at the dataset's native resolution (a
+               16-pixel CPU stand-in upsampled to 299 would not be FID in any comparable sense), else the proxy.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import dataclass, field
@@ -29,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from immiscible.config import from_dict, load_yaml_group
+from immiscible.data import downsample, load_dataset
 from immiscible.io import atomic_write, atomic_write_text
 
 INCEPTION_DEFAULT = Path("/tmp") / "inception-2015-12-05.pt"  # clean-fid's fixed location
@@ -89,9 +84,6 @@ def train_classifier(cfg: ClassifierConfig, train_images: torch.Tensor | None = 
                      test_images: torch.Tensor | None = None, test_labels=None) -> dict:
     """Train the proxy classifier (random flips, AdamW, cosine LR) and cache it; returns info incl. test accuracy.
     Images are uint8 (N, C, H, W); when not given they are loaded from cfg.dataset at cfg.resolution."""
-    from immiscible.data import load_dataset
-    from immiscible.train import downsample
-
     start = time.perf_counter()
     if train_images is None:
         train_ds = load_dataset(cfg.dataset, "train", cfg.data_dir)
@@ -167,41 +159,41 @@ class FeatureExtractor:
         return np.concatenate(chunks).astype(np.float64)
 
 
-def load_proxy_extractor(folder: str | Path) -> FeatureExtractor:
-    """The cached proxy classifier of ``folder`` as a feature extractor."""
+def load_proxy_extractor(folder: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """The cached proxy classifier of ``folder`` as a feature extractor running on ``device``."""
     folder = Path(folder)
     if not (folder / "classifier.safetensors").is_file():
-        raise FileNotFoundError(f"no proxy classifier in {folder}: run `python -m immiscible.metrics "
-                                "train-classifier` (the DVC `classifier` stage) first")
+        raise FileNotFoundError(f"no proxy classifier in {folder}: run the experiment's "
+                                "classifier stage first (`dvc repro classifier_unconditional`)")
     info = json.loads((folder / "info.json").read_text())
     model = ProxyClassifier(info["channels"], info["width"], info["feature_dim"], info["num_classes"])
     model.load_state_dict(load_file(folder / "classifier.safetensors"))
-    model.eval()
+    model.to(device).eval()
 
     @torch.no_grad()
     def fn(images: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(device)
         if x.shape[-1] != info["resolution"]:
             raise ValueError(f"the proxy classifier in {folder} works at {info['resolution']}px, got images of "
                              f"{x.shape[-1]}px: train a classifier at this resolution")
-        return model.features(_uint8_to_input(x)).numpy()
+        return model.features(_uint8_to_input(x)).float().cpu().numpy()
 
     label = f"FD (proxy: {Path(info['dataset']).name} classifier features, {info['resolution']}px, acc {info['test_accuracy']:.3f})"
     return FeatureExtractor("proxy", label, fn, {**info, "path": str(folder)})
 
 
-def load_inception_extractor(weights: str | Path) -> FeatureExtractor:
-    """clean-fid's Inception-V3 (TorchScript weights file) in "clean" mode: 2048-d pool features."""
+def load_inception_extractor(weights: str | Path, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """clean-fid's Inception-V3 (TorchScript weights file) in "clean" mode: 2048-d pool features, on ``device``."""
     from cleanfid.resize import make_resizer
-    base = torch.jit.load(str(weights), map_location="cpu").eval()
+    base = torch.jit.load(str(weights), map_location=device).eval()
     resize = make_resizer("PIL", False, "bicubic", (299, 299))
 
     @torch.no_grad()
     def fn(images: np.ndarray) -> np.ndarray:
         if images.shape[-1] == 1:
             images = np.repeat(images, 3, -1)
-        x = torch.from_numpy(np.stack([resize(img) for img in images])).permute(0, 3, 1, 2).float()
-        return base.layers.forward((x - 128) / 128).reshape(len(images), 2048).numpy()
+        x = torch.from_numpy(np.stack([resize(img) for img in images])).permute(0, 3, 1, 2).float().to(device)
+        return base.layers.forward((x - 128) / 128).reshape(len(images), 2048).float().cpu().numpy()
 
     return FeatureExtractor("inception", "FID", fn, {"weights": str(weights)})
 
@@ -216,115 +208,42 @@ def inception_weights(path: str | None = None) -> Path | None:
     return INCEPTION_DEFAULT if INCEPTION_DEFAULT.is_file() else None
 
 
-def get_extractor(kind: str = "auto", classifier: str | Path | None = None,
-                  inception_path: str | None = None) -> FeatureExtractor:
-    """Inception when its weights exist (``auto``/``inception``), else the cached proxy classifier."""
+def get_extractor(kind: str = "auto", classifier: str | Path | None = None, inception_path: str | None = None,
+                  native_resolution: bool = True, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """Inception when its weights exist (``inception``; ``auto`` only at the data's ``native_resolution``), else
+    the cached proxy classifier."""
     if kind not in EXTRACTORS:
         raise ValueError(f"unknown feature extractor {kind!r}; choose one of {EXTRACTORS}")
-    weights = inception_weights(inception_path) if kind != "proxy" else None
+    weights = inception_weights(inception_path) if kind == "inception" or (kind == "auto" and native_resolution) \
+        else None
     if weights is not None:
-        return load_inception_extractor(weights)
+        return load_inception_extractor(weights, device)
     if kind == "inception":
         raise FileNotFoundError(f"Inception weights not found at {INCEPTION_DEFAULT}: download "
                                 "inception-2015-12-05.pt there, pass its path, or use extractor 'proxy'")
     if classifier is None:
         raise ValueError("no Inception weights and no proxy classifier folder given")
-    return load_proxy_extractor(classifier)
+    return load_proxy_extractor(classifier, device)
 
-
-# ----------------------------------------------------------------------------- distances
-
-def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) of (N, D) features."""
-    return features.mean(0), np.cov(features, rowvar=False)
-
-
-def frechet_distance(features: np.ndarray, ref_stats: tuple[np.ndarray, np.ndarray]) -> float:
-    """Frechet distance between the Gaussian fit of ``features`` and reference (mu, sigma), via clean-fid."""
-    from cleanfid import fid
-    mu, sigma = feature_stats(features)
-    return float(fid.frechet_distance(mu, sigma, *ref_stats))
-
-
-def kernel_distance(features: np.ndarray, ref_features: np.ndarray, num_subsets: int = 100,
-                    max_subset_size: int = 1000, seed: int = 0) -> float:
-    """KID (clean-fid) with numpy's global RNG seeded for reproducibility and restored afterwards."""
-    from cleanfid import fid
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        return float(fid.kernel_distance(features, ref_features, num_subsets, max_subset_size))
-    finally:
-        np.random.set_state(state)
-
-
-# ----------------------------------------------------------------------------- efficiency
-
-def steps_to_target(steps, fd, target: float) -> float:
-    """First training step at which the FD curve reaches ``target`` (linear interpolation); NaN if never."""
-    steps, fd = np.asarray(steps, dtype=float), np.asarray(fd, dtype=float)
-    order = np.argsort(steps)
-    steps, fd = steps[order], fd[order]
-    if len(fd) == 0:
-        return float("nan")
-    if fd[0] <= target:
-        return float(steps[0])
-    for i in range(1, len(fd)):
-        if fd[i] <= target:
-            frac = (fd[i - 1] - target) / (fd[i - 1] - fd[i])
-            return float(steps[i - 1] + frac * (steps[i] - steps[i - 1]))
-    return float("nan")
-
-
-def _mean_curve(curves: list[np.ndarray]) -> np.ndarray:
-    return np.mean(np.stack(curves), axis=0)
-
-
-def efficiency(steps, curves_a: list, curves_b: list, target: float | None = None, n_boot: int = 2000,
-               seed: int = 0, ci: float = 0.95) -> dict:
-    """steps-to-target of the seed-mean curves of methods a (baseline) and b, their ratio a/b and a bootstrap CI
-    over seeds. ``curves_*``: one FD array per seed on the common ``steps``. Default target: the worse of the two
-    final mean FDs, so both mean curves reach it."""
-    steps = np.asarray(steps, dtype=float)
-    a, b = [np.asarray(c, float) for c in curves_a], [np.asarray(c, float) for c in curves_b]
-    mean_a, mean_b = _mean_curve(a), _mean_curve(b)
-    if target is None:
-        target = float(max(mean_a[-1], mean_b[-1]))
-    s_a, s_b = steps_to_target(steps, mean_a, target), steps_to_target(steps, mean_b, target)
-    rng = np.random.default_rng(seed)
-    ratios = []
-    for _ in range(n_boot):
-        ra = _mean_curve([a[i] for i in rng.integers(0, len(a), len(a))])
-        rb = _mean_curve([b[i] for i in rng.integers(0, len(b), len(b))])
-        ratios.append(steps_to_target(steps, ra, target) / steps_to_target(steps, rb, target))
-    ratios = np.asarray(ratios)
-    finite = ratios[np.isfinite(ratios)]
-    lo, hi = (np.quantile(finite, [(1 - ci) / 2, (1 + ci) / 2]) if len(finite) else (np.nan, np.nan))
-    return {"target_fd": target, "steps_a": s_a, "steps_b": s_b, "ratio": s_a / s_b,
-            "ratio_ci_low": float(lo), "ratio_ci_high": float(hi), "ci": ci, "n_boot": n_boot,
-            "boot_reached": float(len(finite) / n_boot), "n_seeds_a": len(a), "n_seeds_b": len(b)}
-
-
-# ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Metrics utilities (proxy feature extractor).")
-    sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train-classifier", help="train and cache the proxy CIFAR-10 classifier")
-    t.add_argument("--params", default="params.yaml")
-    t.add_argument("--group", default="unconditional", help="params.yaml group holding `feature_extractor`")
-    t.add_argument("--out-dir", default=None)
-    t.add_argument("--data-dir", default=None)
+    """Train and cache the proxy classifier of an experiment's profile (what its DVC classifier stage runs)."""
+    import argparse
+    from immiscible.config import from_dict, load_profile, load_yaml_group
+    p = argparse.ArgumentParser(description="Train and cache the proxy feature extractor of an experiment.")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--group", default="unconditional", help="params.yaml group: its `dataset`, `profile` and "
+                   "profiles.<profile>.classifier (and train.resolution)")
+    p.add_argument("--profile", default=None, help="default: the group's `profile`")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--out-dir", default="checkpoints/classifier")
     a = p.parse_args(argv)
-    values = dict(load_yaml_group(a.params, a.group).get("feature_extractor", {}))
-    values.pop("extractor", None)
-    values.pop("inception_weights", None)
-    if a.out_dir:
-        values["out_dir"] = a.out_dir
-    if a.data_dir:
-        values["data_dir"] = a.data_dir
-    info = train_classifier(from_dict(ClassifierConfig, values))
-    print(json.dumps(info, indent=2))
+    profile_name = a.profile or load_yaml_group(a.params, a.group).get("profile", "cpu")
+    group, profile = load_profile(a.params, a.group, profile_name)
+    cfg = from_dict(ClassifierConfig, {**profile.get("classifier", {}), "dataset": group.get("dataset", "cifar10"),
+                                       "data_dir": a.data_dir, "out_dir": a.out_dir,
+                                       "resolution": profile.get("train", {}).get("resolution", 32)})
+    print(json.dumps(train_classifier(cfg), indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from immiscible.assignment import assignment_permutation, mean_pair_distance
+from immiscible.noise.assignment import assignment_permutation, mean_pair_distance
 from immiscible.data import ImageDataset
 from immiscible.io import atomic_savefig
 
@@ -87,6 +87,7 @@ def measure_distance_reduction(ds: ImageDataset, batch_sizes: list[int], num_bat
             assigned_d.append(a)
             change.append(100.0 * (a - r) / r)
         change = np.asarray(change)
+        tqdm.write(f"{representation} B={B}: {change.mean():+.2f}% over {num_batches} batches")
         rows.append({
             "dataset": dataset_name, "representation": representation, "method": method, "batch_size": B,
             "dim": int(math.prod(x0.shape[1:])), "num_batches": num_batches, "seed": seed,

@@ -1,6 +1,6 @@
 """Benchmark: what the assignment costs inside training (a ratio against vanilla measured in the same run).
 
-    python -m immiscible.bench --profile cpu --batch-sizes 256 1024 --steps 10 --repeats 6   # the README table
+    python -m immiscible.experiments.bench     # params.yaml group `assignment_overhead` (the DVC stage)
 
 For each batch size it trains the profile's model for ``steps`` steps with ``vanilla`` noise, with ``exact`` assigned
 inline, and with ``exact`` assigned in a background thread (``assign_background``: what ``auto`` picks on a GPU), in
@@ -20,10 +20,12 @@ from dataclasses import replace
 import pandas as pd
 import torch
 
-from immiscible.config import from_dict
+from immiscible.config import from_dict, load_profile, load_yaml_group
 from immiscible.io import atomic_write_text
-from immiscible.timing import hardware_description
-from immiscible.train import TrainConfig, load_images, train
+from immiscible.experiments.timing import hardware_description
+from immiscible.data import load_images
+from immiscible.engine.config import TrainConfig
+from immiscible.engine.loop import train
 
 VARIANTS = (("vanilla", "inline"), ("exact", "inline"), ("exact", "thread"))  # (method, where the assignment runs)
 
@@ -44,11 +46,9 @@ def seconds_per_step(cfg: TrainConfig, images, warmup: int = 2) -> tuple[float, 
 def assignment_overhead(profile: str = "cpu", batch_sizes=(256, 1024), steps: int = 12, repeats: int = 2,
                         params: str = "params.yaml", data_dir: str = "data") -> pd.DataFrame:
     """Seconds per training step for each variant and batch size, and the ratio to vanilla."""
-    from immiscible.unconditional import load_profile
-
     if steps < 4:
         raise ValueError(f"steps must be >= 4 (2 warm-up steps are discarded), got {steps}")
-    base = dict(load_profile(profile, params)["train"])
+    base = dict(load_profile(params, "unconditional", profile)[1]["train"])
     base.update(progress=False, checkpoint_every=10**9, snapshot_every=0, log_every=10**9, data_dir=data_dir)
     cfg0 = from_dict(TrainConfig, base)
     images = load_images(cfg0.dataset, "train", data_dir, cfg0.resolution)
@@ -86,15 +86,19 @@ def assignment_overhead(profile: str = "cpu", batch_sizes=(256, 1024), steps: in
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Training-step overhead of the exact assignment vs vanilla.")
-    p.add_argument("--profile", default="cpu")
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[256, 1024])
-    p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--group", default="assignment_overhead", help="params.yaml group (profile, batch_sizes, "
+                   "steps, repeats); command-line values override it")
+    p.add_argument("--profile", default=None)
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--data-dir", default="data")
     p.add_argument("--out", default="results/tables/assignment_overhead.csv")
     a = p.parse_args(argv)
-    df = assignment_overhead(a.profile, a.batch_sizes, a.steps, a.repeats, a.params, a.data_dir)
+    g = load_yaml_group(a.params, a.group)
+    df = assignment_overhead(a.profile or g.get("profile", "cpu"), a.batch_sizes or g.get("batch_sizes", [256, 1024]),
+                             a.steps or g.get("steps", 12), a.repeats or g.get("repeats", 2), a.params, a.data_dir)
     atomic_write_text(a.out, df.to_csv(index=False))
     print(df[["batch_size", "method", "assignment_runs", "seconds_per_step", "ratio_vs_vanilla", "ratio_min",
               "ratio_max", "assign_ms", "assign_share"]].round(4).to_string(index=False))

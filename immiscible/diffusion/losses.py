@@ -1,0 +1,26 @@
+"""The denoising loss (DDPM, Ho et al. 2020; v: Salimans & Ho 2022; rectified flow: Liu et al. 2022) built from the
+already-assigned noise: x_t and the target come from the same ``noise`` argument (``objectives.training_pair``)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from immiscible.diffusion.objectives import model_time, sample_t, training_pair
+
+
+def denoising_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, objective: str,
+                   alphas_cumprod: torch.Tensor | None, num_train_timesteps: int, **model_kwargs) -> torch.Tensor:
+    """MSE between the model's output at (x_t, t) and the objective's target, both built from ``noise``."""
+    x_t, target = training_pair(objective, x0, noise, t, alphas_cumprod)  # one noise for both
+    prediction = model(x_t, model_time(objective, t, num_train_timesteps), **model_kwargs).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def make_denoising_loss(objective: str, num_train_timesteps: int, alphas_cumprod: torch.Tensor | None):
+    """The engine's default ``loss_fn(model, x0, noise, generator, step, labels)``: t drawn from the step's
+    generator (uniform integers in [0, T) for diffusion, uniform [0, 1] for flow), then ``denoising_loss``."""
+    def loss_fn(model, x0, noise, generator, step, labels=None):
+        t = sample_t(objective, x0.shape[0], num_train_timesteps, generator, x0.device)
+        kwargs = {} if labels is None else {"class_labels": labels}
+        return denoising_loss(model, x0, noise, t, objective, alphas_cumprod, num_train_timesteps, **kwargs)
+    return loss_fn
