@@ -64,6 +64,8 @@ def _relative(path: Path) -> Path:
 
 
 def main(argv=None) -> None:
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # papermill streams cell output through it
     p = argparse.ArgumentParser(description="Run one paper notebook with its params.yaml group.")
     p.add_argument("notebook", help="notebook name, e.g. distance_reduction (also the params.yaml group)")
     p.add_argument("--params", default="params.yaml")

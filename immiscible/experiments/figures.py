@@ -23,7 +23,8 @@ def plot_curves(fid: pd.DataFrame, output_dir: str | Path, name: str, value: str
     import matplotlib.pyplot as plt
     from scipy import stats
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, method in enumerate(dict.fromkeys(fid.method)):
+    methods = sorted(dict.fromkeys(fid.method), key=lambda m: m != "vanilla")  # the baseline first: colour C0
+    for i, method in enumerate(methods):
         pivot = fid[fid.method == method].pivot(index="step", columns="seed", values=value)
         color = f"C{i}"
         for s in pivot.columns:
@@ -34,9 +35,10 @@ def plot_curves(fid: pd.DataFrame, output_dir: str | Path, name: str, value: str
             half = stats.t.ppf(0.975, n - 1) * pivot.std(1, ddof=1) / np.sqrt(n)
             ax.fill_between(pivot.index, mean - half, mean + half, color=color, alpha=0.2)
     ax.set_xlabel("training step")
-    ax.set_ylabel(fid.metric.iloc[0] if value == "fd" else value.upper())
-    ax.set_title(title or f"{value.upper()} vs steps ({int(fid.num_samples.iloc[0])} samples per point, EMA)",
-                 fontsize=9)
+    metric = fid.metric.iloc[0]
+    ax.set_ylabel(("FID" if metric == "FID" else "proxy FD") if value == "fd" else value.upper())
+    ax.set_title(title or f"{metric}\n{value.upper()} vs steps ({int(fid.num_samples.iloc[0])} samples per point, "
+                          "EMA; band: 95% t-interval of the seed mean)", fontsize=8)
     ax.legend()
     fig.tight_layout()
     return _save(fig, output_dir, name)
