@@ -63,3 +63,28 @@ def test_gpu_training_thread_and_inline_see_the_same_assigned_noise(tmp_path, mo
         assert torch.equal(xa, xb) and torch.equal(na, nb)
         # the pairing the model saw is optimal: re-assigning it on the CPU does not lower the total distance
         assert mean_pair_distance(xa, na) <= mean_pair_distance(xa, assign_noise(xa, na)) * (1 + 1e-6)
+
+
+def test_evaluation_runs_on_the_gpu_and_matches_the_cpu(tmp_path):
+    """Sampling and proxy features on CUDA (bf16 autocast for the UNet): the same images as on the CPU up to the
+    autocast rounding, and the same features for the same images."""
+    import numpy as np
+    from immiscible.diffusion.sampling import sample_images
+    from immiscible.evaluation.features import (ClassifierConfig, classifier_dir, load_proxy_extractor,
+                                                train_classifier)
+    from immiscible.models import build_unet
+    cfg = from_dict(TrainConfig, {"resolution": 8})
+    torch.manual_seed(0)
+    model = build_unet("tiny", 8)
+    cpu = sample_images(model, cfg, 8, 4, 8, seed=3, device="cpu", progress=False)
+    gpu = sample_images(model, cfg, 8, 4, 8, seed=3, device="cuda", progress=False)
+    assert gpu.dtype == np.uint8 and gpu.shape == cpu.shape
+    assert np.abs(gpu.astype(int) - cpu.astype(int)).mean() < 8  # bf16 autocast: close, not equal
+    labels = torch.arange(64) % 2
+    images = torch.randint(0, 200, (64, 3, 8, 8), dtype=torch.uint8)
+    train_classifier(ClassifierConfig(dataset="toy", resolution=8, epochs=1, batch_size=16, width=8, feature_dim=8,
+                                      out_dir=str(tmp_path), progress=False), images, labels)
+    folder = classifier_dir(tmp_path, "toy", 8)
+    f_cpu = load_proxy_extractor(folder, "cpu")(cpu)
+    f_gpu = load_proxy_extractor(folder, "cuda")(cpu)
+    assert np.allclose(f_cpu, f_gpu, atol=1e-3)

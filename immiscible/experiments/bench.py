@@ -48,7 +48,8 @@ def assignment_overhead(profile: str = "cpu", batch_sizes=(256, 1024), steps: in
     """Seconds per training step for each variant and batch size, and the ratio to vanilla."""
     if steps < 4:
         raise ValueError(f"steps must be >= 4 (2 warm-up steps are discarded), got {steps}")
-    base = dict(load_profile(params, "unconditional", profile)[1]["train"])
+    group, prof = load_profile(params, "unconditional", profile)
+    base = {**prof["train"], "dataset": group.get("dataset", "cifar10")}  # the experiment's one dataset
     base.update(progress=False, checkpoint_every=10**9, snapshot_every=0, log_every=10**9, data_dir=data_dir)
     cfg0 = from_dict(TrainConfig, base)
     images = load_images(cfg0.dataset, "train", data_dir, cfg0.resolution)
