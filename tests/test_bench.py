@@ -11,8 +11,8 @@ from conftest import make_image_folder
 def test_assignment_overhead_reports_all_variants(tmp_path):
     prepare_dataset(str(make_image_folder(tmp_path / "f", per_class=20, size=(8, 8))), tmp_path / "data" / "tiny")
     params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"unconditional": {"profiles": {"smoke": {"train": {
-        "dataset": "tiny", "model": "tiny", "resolution": 8, "batch_size": 8}}}}}))
+    params.write_text(yaml.safe_dump({"unconditional": {"dataset": "tiny", "profiles": {"smoke": {"train": {
+        "model": "tiny", "resolution": 8, "batch_size": 8}}}}}))  # the experiment's one dataset
     df = bench.assignment_overhead("smoke", batch_sizes=[8], steps=4, repeats=1, params=str(params),
                                    data_dir=str(tmp_path / "data"))
     assert set(zip(df.method, df.assignment_runs)) == set(bench.VARIANTS)
