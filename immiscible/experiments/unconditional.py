@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from immiscible.config import choices, from_dict, load_profile, to_dict
-from immiscible.data import load_images, to_model_input, to_uint8
+from immiscible.data import load_dataset, load_images, to_model_input, to_uint8
 from immiscible.diffusion.objectives import OBJECTIVES, model_time, predict_x0, training_pair
 from immiscible.diffusion.sampling import sample_images
 from immiscible.diffusion.schedules import alphas_cumprod
@@ -41,8 +41,6 @@ from immiscible.evaluation.statistics import efficiency_by_seed, efficiency_summ
 from immiscible.io import atomic_save_npy, atomic_write_text
 from immiscible.noise.assignment import assign_noise
 from immiscible.noise.source import METHODS
-
-NATIVE_RESOLUTION = 32  # CIFAR-10; below it, `auto` never labels a proxy-scale run FID
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,8 @@ def extractor_for(exp: Experiment, device: str = "cpu"):
     """The experiment's feature extractor on ``device``; the proxy classifier must have been trained (classifier
     stage)."""
     folder = classifier_dir(exp.classifier.out_dir, exp.classifier.dataset, exp.classifier.resolution)
-    native = exp.train.resolution >= NATIVE_RESOLUTION
+    stored = load_dataset(exp.train.dataset, "train", exp.train.data_dir).images.shape[1]
+    native = exp.train.resolution == stored  # a downsampled run is never labelled FID by `auto`
     return get_extractor(exp.eval.extractor, folder, exp.eval.inception_weights, native_resolution=native,
                          device=device)
 
