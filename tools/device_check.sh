@@ -54,7 +54,7 @@ fi
 
 (nvidia-smi; "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
  # the exact solver's C kernel: built here once (not inside a timing), or why not (then `lap` solves)
- "$py" -c "from immiscible import native; print('jv kernel:', native.build())") > "$out/hardware.txt" 2>&1
+ "$py" -c "from immiscible.noise import native; print('jv kernel:', native.build())") > "$out/hardware.txt" 2>&1
 part pytest_cuda 120 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
 part timing 180 "$py" -m immiscible.experiments.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
 part bench 150 "$py" -m immiscible.experiments.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
