@@ -73,23 +73,10 @@ def test_every_stage_lists_the_code_it_imports(stages):
 
 def test_every_params_reference_resolves():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    text = (ROOT / "dvc.yaml").read_text()
-    for ref in set(re.findall(r"\$\{([^}]+)\}", text)):
-        if ref.startswith("item."):
-            continue
-        node = params
-        for key in re.split(r"\.", ref):
-            if isinstance(node, dict) and key in node:
-                node = node[key]
-            elif isinstance(node, dict) and "${" in key:
-                break
-            else:
-                # a key built from another reference, e.g. profiles.${unconditional.profile}.train
-                resolved = ref
-                for inner in re.findall(r"\$\{([^}]+)\}", ref):
-                    resolved = resolved.replace("${" + inner + "}", str(_get(params, inner)))
-                assert _get(params, resolved) is not None, f"${{{ref}}} does not resolve in params.yaml"
-                break
+    refs = set(re.findall(r"\$\{([^}]+)\}", (ROOT / "dvc.yaml").read_text()))
+    assert refs, "dvc.yaml holds no ${...} reference: the test would check nothing"
+    for ref in refs - {r for r in refs if r.startswith("item.")}:
+        _get(params, ref)  # nested keys such as profiles.${unconditional.profile}.train: the stage-params test
 
 
 def _get(params, dotted):
