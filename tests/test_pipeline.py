@@ -57,7 +57,8 @@ def entry_modules(cmd: str) -> set[str]:
     mods = set(re.findall(r"python -m (immiscible[\w.]*)", cmd))
     for notebook in re.findall(r"python -m immiscible\.pipeline (\w+)", cmd):
         mods |= notebook_imports(ROOT / "notebooks" / f"{notebook}.ipynb")
-    return {m if m in GRAPH else m + ".__main__" if m + ".__main__" in GRAPH else m for m in mods}
+    # `python -m package` runs package/__main__ (after the package's __init__, which closure() adds)
+    return {m + ".__main__" if m + ".__main__" in GRAPH else m for m in mods}
 
 
 def test_every_stage_lists_the_code_it_imports(stages):

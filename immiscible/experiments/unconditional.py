@@ -70,6 +70,7 @@ class Experiment:
     classifier: ClassifierConfig
     checkpoint_dir: str                    # runs live in checkpoint_dir/<profile>/<method>-<seed>
     output_dir: str                        # tables/, figures/, metrics/
+    name: str = "unconditional"            # prefix of the result files
 
     def run_dir(self, method: str, seed: int) -> Path:
         return Path(self.checkpoint_dir) / self.profile / f"{method}-{seed}"
@@ -82,7 +83,7 @@ class Experiment:
         return Path(self.checkpoint_dir) / f"{self.profile}-eval"
 
     def table(self, name: str) -> Path:
-        return Path(self.output_dir) / "tables" / f"unconditional_{name}.csv"
+        return Path(self.output_dir) / "tables" / f"{self.name}_{name}.csv"
 
 
 def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
@@ -256,20 +257,26 @@ def write_csv(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def paired_table(exp: Experiment, fid: pd.DataFrame) -> pd.DataFrame:
+def paired_frame(fid: pd.DataFrame) -> pd.DataFrame:
     """Per method and step: the paired difference method - vanilla of FD and KID over seeds (paired t, 95%)."""
     table = paired_differences(fid, ("fd", "kid"), baseline="vanilla")
     table.insert(3, "fd_diff_ci_halfwidth", (table.fd_diff_ci_high - table.fd_diff_ci_low) / 2)
+    return table
+
+
+def paired_table(exp: Experiment, fid: pd.DataFrame) -> pd.DataFrame:
+    """``paired_frame``, written to the experiment's paired table."""
+    table = paired_frame(fid)
     write_csv(table, exp.table("paired"))
     return table
 
 
-def efficiency_tables(exp: Experiment, fid: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def efficiency_frames(methods, fid: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary per method, per-seed rows): steps vanilla needs to reach its own final FD over the steps the
     method needs, per seed, censored where the method never reaches it (the rule is fixed in code, before runs)."""
     base = fid[fid.method == "vanilla"].pivot(index="step", columns="seed", values="fd")
     summary, seeds = [], []
-    for method in (m for m in exp.methods if m != "vanilla"):
+    for method in (m for m in methods if m != "vanilla"):
         other = fid[fid.method == method].pivot(index="step", columns="seed", values="fd")
         steps = base.index.intersection(other.index)
         per_seed = efficiency_by_seed(steps.values, {s: base.loc[steps, s].values for s in base.columns},
@@ -286,6 +293,12 @@ def efficiency_tables(exp: Experiment, fid: pd.DataFrame) -> tuple[pd.DataFrame,
     summary, seeds = pd.DataFrame(summary), pd.concat(seeds, ignore_index=True)
     seeds = seeds[["method", "baseline", "seed", "target", "steps_baseline", "steps_method", "censored", "ratio",
                    "ratio_kind", "last_step"]]
+    return summary, seeds
+
+
+def efficiency_tables(exp: Experiment, fid: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``efficiency_frames``, written to the experiment's efficiency tables."""
+    summary, seeds = efficiency_frames(exp.methods, fid)
     write_csv(summary, exp.table("efficiency"))
     write_csv(seeds, exp.table("efficiency_seeds"))
     return summary, seeds
@@ -308,7 +321,7 @@ def write_metrics(exp: Experiment, fid: pd.DataFrame, paired: pd.DataFrame, summ
             "ratio_ci_coverage": round(r.ci_coverage, 4), "n_reached": int(r.n_reached),
             "n_censored": int(r.n_censored), "ratio_mean_curve": round(r.ratio_mean_curve, 4),
             "distance_reduction_pct": round(float(100 * (runs.dist_after / runs.dist_before - 1).mean()), 3)}
-    path = Path(exp.output_dir) / "metrics" / "unconditional.json"
+    path = Path(exp.output_dir) / "metrics" / f"{exp.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
     return metrics

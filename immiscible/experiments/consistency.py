@@ -1,0 +1,230 @@
+"""Consistency-model experiment (Immiscible Diffusion, Li et al. 2024: "3x training efficiency on Consistency Model +
+CIFAR-10", 1.3x on CelebA): consistency training from scratch (``immiscible.diffusion.consistency``) with vanilla
+vs assigned noise, one- and two-step samples, FD/KID vs steps per seed, paired differences and steps-to-target.
+
+params.yaml's ``consistency`` group holds ``dataset``, ``methods``, ``seeds``, ``feature_extractor`` and
+``profiles.<smoke|cpu|paper>`` with ``train`` (an engine TrainConfig), ``consistency`` (a ConsistencyConfig),
+``eval`` and ``classifier``. The noise of each batch is drawn and assigned by the engine on the clean images, once,
+before any noise level scales it; the consistency loss builds both points of the pair from it.
+
+    python -m immiscible.evaluation.features --group consistency --out-dir checkpoints/classifier-consistency
+    python -m immiscible.experiments.consistency_train --method exact --seed 0   # DVC train_consistency@exact-0
+    python -m immiscible.experiments.consistency evaluate                        # DVC evaluate_consistency
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from immiscible.config import choices, from_dict, load_yaml_group, to_dict
+from immiscible.diffusion.consistency import ConsistencyConfig, consistency_samples
+from immiscible.engine.checkpoints import list_snapshots, load_run_model, snapshot_digest
+from immiscible.engine.loop import end_distributed
+from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
+from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig, train_classifier
+from immiscible.experiments.unconditional import (Experiment, _extractor_key, efficiency_frames, extractor_for,
+                                                  loss_curves, paired_frame, reference_features, reference_split,
+                                                  training_table, write_csv)
+from immiscible.experiments.consistency_train import GROUP, run_settings, train_run
+from immiscible.io import atomic_save_npy, atomic_write_text
+from immiscible.noise.source import METHODS
+
+
+@dataclass(frozen=True)
+class ConsistencyEvalConfig:
+    extractor: str = field(default="auto", metadata=choices(*EXTRACTORS))
+    inception_weights: str | None = None
+    num_samples: int = 1000                # generated images per evaluated snapshot and sampler (EMA weights)
+    num_ref: int = 10000                   # reference images (0: the whole reference split)
+    sample_steps: tuple[int, ...] = (1, 2)  # one-step and two-step consistency sampling
+    sample_batch_size: int = 250
+    kid_subsets: int = 50
+    kid_subset_size: int = 1000
+    grid_size: int = 64                    # final samples kept per run and sampler for the figures
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ConsistencyExperiment(Experiment):
+    consistency: ConsistencyConfig = ConsistencyConfig()
+
+
+def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
+          steps: int | None = None, params: str = "params.yaml", checkpoint_dir: str = "checkpoints/consistency",
+          output_dir: str = "results", classifier_root: str = "checkpoints/classifier-consistency",
+          train_overrides: dict | None = None, consistency_overrides: dict | None = None,
+          eval_overrides: dict | None = None) -> ConsistencyExperiment:
+    """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute."""
+    train_cfg, ct, group, p = run_settings(params, profile, dataset, data_dir, steps, train_overrides,
+                                           consistency_overrides)
+    methods = tuple(methods or group.get("methods", ("vanilla", "exact")))
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else group.get("seeds", (0,))))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+    if "vanilla" not in methods or len(methods) < 2:
+        raise ValueError(f"methods={list(methods)} must include 'vanilla' (the baseline) and at least one other")
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed (3 or more for intervals)")
+    eval_cfg = from_dict(ConsistencyEvalConfig, {**group.get("feature_extractor", {}), **p.get("eval", {}),
+                                                 **(eval_overrides or {})})
+    for k in eval_cfg.sample_steps:
+        if k not in (1, 2):
+            raise ValueError(f"eval.sample_steps={list(eval_cfg.sample_steps)}: only 1 and 2 are supported")
+    clf = from_dict(ClassifierConfig, {**p.get("classifier", {}), "dataset": train_cfg.dataset,
+                                       "data_dir": data_dir, "resolution": train_cfg.resolution,
+                                       "out_dir": classifier_root})
+    return ConsistencyExperiment(profile, methods, seeds, train_cfg, eval_cfg, clf, str(checkpoint_dir),
+                                 str(output_dir), name=GROUP, consistency=ct)
+
+
+def train_all(exp: ConsistencyExperiment, on_change: str = "error") -> pd.DataFrame:
+    """Train (or resume, or reuse) every (method, seed) run; then the training table."""
+    for method in exp.methods:
+        for seed in exp.seeds:
+            train_run(exp.run_config(method, seed), exp.consistency, on_change)
+    return training_table(exp)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def eval_key(snapshot: Path, exp: ConsistencyExperiment, extractor_key: str, ref_key: str, sample_seed: int,
+             num_steps: int) -> str:
+    """What a row depends on: snapshot weights, the evaluation and sampling settings, extractor and reference."""
+    e = to_dict(exp.eval)
+    for key in ("progress", "grid_size", "sample_steps"):
+        e.pop(key)
+    parts = {"snapshot_sha256": snapshot_digest(snapshot), "eval": e, "extractor": extractor_key,
+             "reference": ref_key, "sample_seed": sample_seed, "num_steps": num_steps,
+             "sampling": {k: getattr(exp.consistency, k) for k in ("sigma_min", "sigma_max", "sigma_data",
+                                                                   "two_step_sigma")}}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def evaluate(exp: ConsistencyExperiment, device: str | None = None) -> pd.DataFrame:
+    """FD and KID of one- and two-step samples of every EMA snapshot of every run (cached by ``eval_key``)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = extractor_for(exp, device)
+    ref, ref_key = reference_features(exp, extractor)
+    ref_stats, ext_key, e = feature_stats(ref), _extractor_key(extractor), exp.eval
+    todo = []
+    for method in exp.methods:
+        for seed in exp.seeds:
+            snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if s <= exp.train.steps}
+            if not snaps:
+                raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first "
+                                        "(`dvc repro train_consistency`)")
+            todo += [(method, seed, step, path, step == max(snaps), k) for step, path in snaps.items()
+                     for k in e.sample_steps]
+    rows = []
+    for method, seed, step, path, last, k in tqdm(todo, desc="evaluate", unit="point", disable=not e.progress):
+        sample_seed = 10_000 + seed  # the same initial noise for every method of a pair
+        key = eval_key(path, exp, ext_key, ref_key, sample_seed, k)
+        cache = exp.eval_dir / f"{method}-{seed}" / f"step{step:07d}-{k}step-{key}.json"
+        if cache.exists():
+            rows.append(json.loads(cache.read_text()))
+            continue
+        model, cfg = load_run_model(exp.run_dir(method, seed), step)
+        images = consistency_samples(model, exp.consistency, e.num_samples, cfg.resolution, k, e.sample_batch_size,
+                                     seed=sample_seed, device=device)
+        feats = extractor(images)
+        row = {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
+               "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
+               "num_ref": len(ref), "fd": frechet_distance(feats, ref_stats),
+               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+               "model": cfg.model, "resolution": cfg.resolution}
+        if last:
+            atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}-{k}step.npy", images[:e.grid_size])
+        atomic_write_text(cache, json.dumps(row, indent=1) + "\n")
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["sample_steps", "method", "seed", "step"]).reset_index(drop=True)
+    write_csv(table, exp.table("fid"))
+    return table
+
+
+def per_sampler(fid: pd.DataFrame, frame) -> list[pd.DataFrame]:
+    """``frame(fid of one sampler)`` for each number of sampling steps, with a leading ``sample_steps`` column."""
+    out = []
+    for k, sub in fid.groupby("sample_steps"):
+        result = frame(sub)
+        results = result if isinstance(result, tuple) else (result,)
+        out.append(tuple(r.assign(sample_steps=k)[["sample_steps", *r.columns]] for r in results))
+    return [pd.concat(parts, ignore_index=True) for parts in zip(*out)]
+
+
+def write_metrics(exp: ConsistencyExperiment, paired: pd.DataFrame, summary: pd.DataFrame,
+                  training: pd.DataFrame) -> dict:
+    """results/metrics/consistency.json: per sampler and method, the final paired FD difference and the ratio."""
+    metrics = {}
+    for _, r in summary.iterrows():
+        sub = paired[(paired.sample_steps == r.sample_steps) & (paired.method == r.method)]
+        p = sub[sub.step == sub.step.max()].iloc[0]
+        runs = training[training.method == r.method]
+        metrics.setdefault(f"{int(r.sample_steps)}-step", {})[r.method] = {
+            "final_fd": round(r.final_fd_method, 4), "final_fd_vanilla": round(r.final_fd_vanilla, 4),
+            "final_fd_diff": round(p.fd_diff_mean, 4),
+            "final_fd_diff_ci": [round(p.fd_diff_ci_low, 4), round(p.fd_diff_ci_high, 4)],
+            "n_better": int(p.n_better), "n_pairs": int(p.n_pairs), "ratio_median": round(r.ratio_median, 4),
+            "ratio_ci": [round(r.ratio_ci_low, 4), round(r.ratio_ci_high, 4)], "n_reached": int(r.n_reached),
+            "n_censored": int(r.n_censored),
+            "distance_reduction_pct": round(float(100 * (runs.dist_after / runs.dist_before - 1).mean()), 3)}
+    path = Path(exp.output_dir) / "metrics" / f"{exp.name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def evaluate_all(exp: ConsistencyExperiment) -> dict[str, pd.DataFrame]:
+    """Every table of the experiment from the trained runs (the DVC evaluate stage)."""
+    fid = evaluate(exp)
+    training = training_table(exp)
+    write_csv(training, exp.table("training"))
+    write_csv(loss_curves(exp), exp.table("loss"))
+    (paired,) = per_sampler(fid, paired_frame)
+    summary, seeds = per_sampler(fid, lambda sub: efficiency_frames(exp.methods, sub))
+    write_csv(paired, exp.table("paired"))
+    write_csv(summary, exp.table("efficiency"))
+    write_csv(seeds, exp.table("efficiency_seeds"))
+    write_metrics(exp, paired, summary, training)
+    return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds}
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Consistency-model experiment: proxy classifier, every run, evaluation "
+                                "(one run alone: python -m immiscible.experiments.consistency_train).")
+    p.add_argument("command", choices=["classifier", "train", "evaluate"],
+                   help="classifier: the proxy feature extractor; train: every (method, seed) run in this process; "
+                        "evaluate: every table from the trained runs")
+    p.add_argument("--profile", default=None, help="default: params.yaml consistency.profile")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--checkpoint-dir", default="checkpoints/consistency")
+    p.add_argument("--classifier-dir", default="checkpoints/classifier-consistency")
+    p.add_argument("--output-dir", default="results")
+    a = p.parse_args(argv)
+    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
+    exp = setup(profile, data_dir=a.data_dir, params=a.params, checkpoint_dir=a.checkpoint_dir,
+                output_dir=a.output_dir, classifier_root=a.classifier_dir)
+    if a.command == "classifier":
+        print(json.dumps(train_classifier(exp.classifier), indent=2))
+    elif a.command == "train":
+        print(train_all(exp, on_change="restart").to_string())
+    else:
+        tables = evaluate_all(exp)
+        print(tables["paired"].to_string())
+        print(tables["efficiency"].T.to_string())
+    end_distributed()
+
+
+if __name__ == "__main__":
+    main()
