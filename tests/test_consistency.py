@@ -137,13 +137,14 @@ def test_in_the_engine_the_pair_uses_the_assigned_noise_of_the_clean_images(tmp_
     train(cfg, images=images, loss_fn=C.make_consistency_loss(ct, cfg.steps))
     assert len(seen) == 4
     for step, (x0, noise, s_i, s_next) in enumerate(seen):
-        g = step_generator(cfg.seed, step, 0)
-        raw = torch.randn(x0.shape, generator=g)  # the step's draw; knn then draws its k candidates per image
+        g = step_generator(cfg.seed, step, 0, x0.device)  # the engine trains on the GPU where there is one
+        raw = torch.randn(x0.shape, generator=g, device=g.device)  # the step's draw; knn then draws its k candidates
         expected = {"vanilla": raw, "exact": assign_noise(x0, raw)}.get(method) if method != "knn" else \
             knn_noise(x0, 3, generator=g)
         assert torch.equal(noise, expected)  # unscaled standard noise paired with the clean x0
         n = C.discretisation_steps(step, cfg.steps, 2, 8)
         levels = C.karras_sigmas(n, ct.sigma_min, ct.sigma_max, ct.rho)
+        levels, s_i, s_next = levels.cpu(), s_i.cpu(), s_next.cpu()
         idx = torch.searchsorted(levels, s_i)
         assert torch.allclose(levels[idx], s_i) and torch.allclose(levels[idx + 1], s_next)
 

@@ -62,8 +62,10 @@ def test_device_check_dry_run_writes_its_results(tmp_path):
     assert set(timing.batch_size) == {32, 64}
     bench = pd.read_csv(out / "assignment_overhead_cuda.csv")
     assert set(bench.method) == {"vanilla", "exact"} and (bench.seconds_per_step > 0).all()
+    step_time = pd.read_csv(out / "consistency_step_time.csv")
+    assert set(step_time.objective) == {"eps", "consistency"} and (step_time.seconds_per_step > 0).all()
     log = (out / "device_check.log").read_text()
-    assert "== timing" in log and "== bench" in log and "FAILED" not in log
+    assert "== timing" in log and "== bench" in log and "== consistency" in log and "FAILED" not in log
 
 
 def test_timing_reductions_are_reproducible():

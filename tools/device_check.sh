@@ -9,7 +9,9 @@
 # 2. the assignment timing on CUDA in fp16 up to B=8192 (params.yaml group assignment_timing_cuda):
 #    OUT/tables/assignment_timing_cuda.csv and OUT/figures/assignment_timing_cuda.png, the GPU named in each row;
 # 3. the training-step overhead of the exact assignment (inline and in a background thread) vs vanilla on the GPU
-#    for the paper's CIFAR-10 UNet (bf16) at B=128 and 512: OUT/assignment_overhead_cuda.csv.
+#    for the paper's CIFAR-10 UNet (bf16) at B=128 and 512: OUT/assignment_overhead_cuda.csv;
+# 4. consistency training on CUDA (tests/test_consistency.py, the CUDA consistency test) and its seconds per step
+#    vs the eps objective for the consistency `paper` profile's model at B=512: OUT/consistency_step_time.csv.
 # Each part has its own time limit (about 4 minutes in all expected on an H100); the log is OUT/device_check.log and the
 # exit status is non-zero if any part failed.
 # DRY_RUN=1 runs the same plumbing on the CPU with tiny sizes (what the test suite does). PYTHON picks the
@@ -49,6 +51,8 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     --max-seconds 1 --data-dir "$data" --output-dir "$out"
   part bench 300 "$py" -m immiscible.experiments.bench --profile smoke --batch-sizes 8 --steps 4 --repeats 1 --data-dir "$data" \
     --out "$out/assignment_overhead_cuda.csv"
+  part consistency 300 "$py" tools/consistency_step_time.py --profile smoke --steps 6 --data-dir "$data" \
+    --out "$out/consistency_step_time.csv"
   exit $status
 fi
 
@@ -59,4 +63,7 @@ part pytest_cuda 120 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_assig
 part timing 180 "$py" -m immiscible.experiments.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
 part bench 150 "$py" -m immiscible.experiments.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
   --data-dir "$data" --out "$out/assignment_overhead_cuda.csv"
+part pytest_consistency 90 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_consistency.py tests/test_cuda.py -k consistency
+part consistency 120 "$py" tools/consistency_step_time.py --profile paper --batch-size 512 --steps 12 --data-dir "$data" \
+  --out "$out/consistency_step_time.csv"
 exit $status
