@@ -104,6 +104,13 @@ def load_images(dataset: str, split: str, data_dir: str, resolution: int, num_im
     return downsample(images, resolution)
 
 
+def load_labels(dataset: str, split: str, data_dir: str, num_images: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """(class labels (N,) as int64, class names) of a dataset split, aligned with ``load_images``."""
+    ds = load_dataset(dataset, split, data_dir)
+    labels = ds.labels[:num_images] if num_images else ds.labels
+    return torch.from_numpy(np.asarray(labels, dtype=np.int64)), list(ds.classes)
+
+
 # ----------------------------------------------------------------------------- data order
 
 @lru_cache(maxsize=4)

@@ -26,8 +26,11 @@ MODEL_CONFIGS: dict[str, dict] = {
 }
 
 
-def build_unet(name: str, sample_size: int, channels: int = 3, dropout: float | None = None) -> UNet2DModel:
-    """A freshly initialised ``UNet2DModel`` of the named configuration for (channels, sample_size, sample_size)."""
+def build_unet(name: str, sample_size: int, channels: int = 3, dropout: float | None = None,
+               num_classes: int = 0) -> UNet2DModel:
+    """A freshly initialised ``UNet2DModel`` of the named configuration for (channels, sample_size, sample_size);
+    with ``num_classes`` > 0, class-conditional: a class embedding of ``num_classes`` + 1 entries, the last one the
+    "null" class of classifier-free guidance."""
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODEL_CONFIGS)}")
     kwargs = dict(MODEL_CONFIGS[name])
@@ -37,6 +40,8 @@ def build_unet(name: str, sample_size: int, channels: int = 3, dropout: float | 
                          f"{2 ** (levels - 1)}; got {sample_size}. Pick another resolution or model.")
     if dropout is not None:
         kwargs["dropout"] = dropout
+    if num_classes:
+        kwargs["num_class_embeds"] = num_classes + 1
     return UNet2DModel(sample_size=sample_size, in_channels=channels, out_channels=channels, **kwargs)
 
 

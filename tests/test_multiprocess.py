@@ -24,6 +24,7 @@ DRIVER = '''
 import json, sys
 from pathlib import Path
 
+import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
@@ -57,6 +58,11 @@ for scope in ("global", "local", "global-thread"):
     rank = dist.get_rank()
     save_file({f"{kind}-{step}": t.contiguous() for step, pair in enumerate(used) for kind, t in zip(("x0", "noise"), pair)},
               out / f"{scope}-rank{rank}.safetensors")
+used.clear()  # class-aware assignment over the global batch: labels gathered with the images
+T.train(from_dict(TrainConfig, {**base, "method": "exact_class", "num_classes": 3, "output_dir": str(out / "class")}),
+        images=images, labels=torch.arange(len(images)) % 3)
+save_file({f"{kind}-{step}": t.contiguous() for step, pair in enumerate(used) for kind, t in zip(("x0", "noise"), pair)},
+          out / f"class-rank{rank}.safetensors")
 report.update(rank=dist.get_rank(), world_size=dist.get_world_size(), backend=dist.get_backend())
 T.end_distributed()
 (out / f"rank{rank}.json").write_text(json.dumps(report))
@@ -110,6 +116,11 @@ def test_two_cpu_processes_train_and_global_assignment_equals_single_process(tmp
             # rank 0 solved and broadcast the permutation from a background thread on its own process group
             assert torch.equal(used["global-thread", r][f"noise-{step}"], used["global", r][f"noise-{step}"])
             assert torch.equal(used["local", r][f"noise-{step}"], assign_noise(x0[r], drawn[r])), (r, step)
+        y = torch.from_numpy(idx) % 3  # the class-aware run's labels (arange % 3 of the chosen images)
+        single_class = assign_noise(torch.cat(x0), torch.cat(drawn), groups=y)
+        classes = load_file(tmp_path / "class-rank0.safetensors"), load_file(tmp_path / "class-rank1.safetensors")
+        for r in (0, 1):
+            assert torch.equal(classes[r][f"noise-{step}"], single_class[r * half:(r + 1) * half]), (r, step)
         local = torch.cat([used["local", r][f"noise-{step}"] for r in (0, 1)])
         scopes_differ |= not torch.equal(local, single)
     assert scopes_differ  # the global assignment pairs across the two halves; per-process assignment cannot

@@ -240,7 +240,7 @@ def load_run_model(run_dir: str | Path, step: int | None = None):
     if step not in snaps:
         raise ValueError(f"no snapshot for step {step} in {run_dir}; available steps: {sorted(snaps)}")
     channels = json.loads((run_dir / "model_config.json").read_text())["in_channels"]
-    model = build_unet(cfg.model, cfg.resolution, channels, cfg.dropout)
+    model = build_unet(cfg.model, cfg.resolution, channels, cfg.dropout, cfg.num_classes)
     load_weights(model, snaps[step])
     return model.eval(), cfg
 

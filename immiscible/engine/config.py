@@ -24,6 +24,8 @@ class TrainConfig:
     # model
     model: str = field(default="tiny", metadata=choices(*MODEL_CONFIGS))
     dropout: float | None = None          # None: the model config's own value
+    num_classes: int = 0                  # > 0: class-conditional (a class embedding with one extra "null" class)
+    label_dropout: float = 0.0            # share of labels replaced by the null class (classifier-free guidance)
     # diffusion (DDPM linear betas 1e-4..0.02 over 1000 steps, as in the paper's DDIM base code)
     objective: str = field(default="eps", metadata=choices(*OBJECTIVES))
     num_train_timesteps: int = 1000
@@ -66,11 +68,16 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     for name in positive:
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 1")
-    for name in ("steps", "num_images", "warmup_steps", "snapshot_every"):
+    for name in ("steps", "num_images", "warmup_steps", "snapshot_every", "num_classes"):
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name}={getattr(cfg, name)!r} must be >= 0")
     if not 0 <= cfg.ema_decay < 1:
         raise ValueError(f"ema_decay={cfg.ema_decay!r} must be in [0, 1)")
+    if not 0 <= cfg.label_dropout < 1 or (cfg.label_dropout and not cfg.num_classes):
+        raise ValueError(f"label_dropout={cfg.label_dropout!r} must be in [0, 1) and needs num_classes > 0")
+    if cfg.method == "exact_class" and not cfg.num_classes:
+        raise ValueError("method 'exact_class' assigns within each class: it needs a class-conditional run "
+                         "(num_classes > 0); use 'exact' for unconditional training")
     return cfg
 
 

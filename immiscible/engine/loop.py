@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from immiscible.config import to_dict
-from immiscible.data import batch_indices, flip_mask, load_images, to_model_input
+from immiscible.data import batch_indices, flip_mask, load_images, load_labels, to_model_input
 from immiscible.diffusion.losses import make_denoising_loss
 from immiscible.diffusion.schedules import alphas_cumprod
 from immiscible.engine.checkpoints import (check_resumable, latest_valid_checkpoint, list_snapshots,
@@ -84,13 +84,23 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     # ---- setup: data, model, loss, optimizer, EMA
     if images is None:
         images = load_images(cfg.dataset, "train", cfg.data_dir, cfg.resolution, cfg.num_images)
+        if cfg.num_classes and labels is None:
+            labels, classes = load_labels(cfg.dataset, "train", cfg.data_dir, cfg.num_images)
+            if len(classes) != cfg.num_classes:
+                raise ValueError(f"{cfg.dataset} has {len(classes)} classes but num_classes={cfg.num_classes}: "
+                                 f"set num_classes: {len(classes)}")
     n_images = len(images)
     labels = None if labels is None else torch.as_tensor(labels)
+    if cfg.num_classes and labels is None:
+        raise ValueError(f"num_classes={cfg.num_classes}: a class-conditional run needs labels (train(..., labels=))")
+    if cfg.num_classes and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_classes):
+        raise ValueError(f"labels must lie in [0, {cfg.num_classes}); got [{int(labels.min())}, {int(labels.max())}]")
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     if model is None:
-        model = build_unet(cfg.model, cfg.resolution, images.shape[1], cfg.dropout)
+        model = build_unet(cfg.model, cfg.resolution, images.shape[1], cfg.dropout, cfg.num_classes)
     if loss_fn is None:
-        loss_fn = make_denoising_loss(cfg.objective, cfg.num_train_timesteps, alphas_cumprod(cfg, device))
+        loss_fn = make_denoising_loss(cfg.objective, cfg.num_train_timesteps, alphas_cumprod(cfg, device),
+                                      cfg.label_dropout, null_label=cfg.num_classes)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=type(model), model_config=model.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Linear warmup then constant (ddpm-torch). Stepped by hand: accelerate would step it once per process.
@@ -142,7 +152,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     # A global assignment over processes runs its collectives on a process group of its own, so that the
     # background thread's all-gather/broadcast can never interleave with the training step's gradient all-reduce.
     group = None
-    if cfg.assign_scope == "global" and world > 1 and cfg.method in ("exact", "quantized"):
+    if cfg.assign_scope == "global" and world > 1 and cfg.method in ("exact", "quantized", "exact_class"):
         import torch.distributed as dist
         group = dist.new_group(list(range(world))) if background else dist.group.WORLD
     # On a GPU the thread queues its work on a side stream, so that copying the distances to the CPU waits for that
@@ -166,7 +176,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
             y = None if labels is None else labels[torch.from_numpy(idx)].to(device)
             generator = step_generator(cfg.seed, step, rank, device)
             noise, info = draw_noise(x0, generator, cfg.method, cfg.knn_k, cfg.assign_cost, cfg.assign_solver,
-                                     group, world, stats=is_log_step(step))
+                                     group, world, stats=is_log_step(step), labels=y)
             return x0, y, generator, noise, info
 
     # ---- the loop

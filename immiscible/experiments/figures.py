@@ -95,12 +95,13 @@ def _show(ax, grid: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
-def sample_grids(samples: dict[str, np.ndarray], output_dir: str | Path, name: str):
-    """One panel per entry of ``samples`` ({title: uint8 (N, H, W, C)}), side by side."""
+def sample_grids(samples: dict[str, np.ndarray], output_dir: str | Path, name: str, nrow: int | None = None):
+    """One panel per entry of ``samples`` ({title: uint8 (N, H, W, C)}), side by side; ``nrow`` images per row
+    (default: a square grid)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4.3))
     for ax, (title, images) in zip(np.atleast_1d(axes), samples.items()):
-        _show(ax, make_grid(images), title)
+        _show(ax, make_grid(images, nrow), title)
     fig.tight_layout()
     return _save(fig, output_dir, name)
 

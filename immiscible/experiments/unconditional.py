@@ -90,9 +90,11 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
           objective: str | None = None, steps: int | None = None, batch_size: int | None = None,
           params: str = "params.yaml", checkpoint_dir: str = "checkpoints/unconditional",
           output_dir: str = "results", classifier_root: str = "checkpoints/classifier",
-          train_overrides: dict | None = None, eval_overrides: dict | None = None) -> Experiment:
-    """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute."""
-    group, p = load_profile(params, "unconditional", profile)
+          train_overrides: dict | None = None, eval_overrides: dict | None = None, group_name: str = "unconditional",
+          eval_cls: type = EvalConfig) -> Experiment:
+    """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute.
+    ``group_name``/``eval_cls``: another experiment of the same shape (its params group and evaluation config)."""
+    group, p = load_profile(params, group_name, profile)
     unknown = set(p) - {"train", "eval", "classifier"}
     if unknown:
         raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: train, eval, classifier")
@@ -114,10 +116,11 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
             train_values[key] = value
     train_cfg = check_config(from_dict(TrainConfig, train_values))
     extractor = group.get("feature_extractor", {})
-    eval_cfg = from_dict(EvalConfig, {**extractor, **p.get("eval", {}), **(eval_overrides or {})})
+    eval_cfg = from_dict(eval_cls, {**extractor, **p.get("eval", {}), **(eval_overrides or {})})
     clf = from_dict(ClassifierConfig, {**p.get("classifier", {}), "dataset": dataset, "data_dir": data_dir,
                                        "resolution": train_cfg.resolution, "out_dir": classifier_root})
-    return Experiment(profile, methods, seeds, train_cfg, eval_cfg, clf, str(checkpoint_dir), str(output_dir))
+    return Experiment(profile, methods, seeds, train_cfg, eval_cfg, clf, str(checkpoint_dir), str(output_dir),
+                      name=group_name)
 
 
 # ----------------------------------------------------------------------------- training
@@ -192,11 +195,18 @@ def reference_features(exp: Experiment, extractor) -> tuple[np.ndarray, str]:
     if path.exists():
         return np.load(path), key
     images = load_images(exp.train.dataset, split, exp.train.data_dir, exp.train.resolution)
-    if exp.eval.num_ref and exp.eval.num_ref < len(images):
-        images = images[np.random.default_rng(0).permutation(len(images))[:exp.eval.num_ref]]
+    images = images[reference_indices(len(images), exp.eval.num_ref)]
     feats = extractor(images.permute(0, 2, 3, 1).numpy(), progress=exp.eval.progress)
     atomic_save_npy(path, feats)
     return feats, key
+
+
+def reference_indices(n: int, num_ref: int) -> np.ndarray:
+    """Which of the ``n`` reference-split images are the reference set: a fixed random subset of ``num_ref``
+    (all of them, in order, when ``num_ref`` is 0 or at least ``n``)."""
+    if num_ref and num_ref < n:
+        return np.random.default_rng(0).permutation(n)[:num_ref]
+    return np.arange(n)
 
 
 def eval_key(snapshot: Path, exp: Experiment, extractor_key: str, ref_key: str, sample_seed: int) -> str:

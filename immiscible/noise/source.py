@@ -1,8 +1,9 @@
 """The per-step noise source of training (Immiscible Diffusion, Li et al. 2024, Sec. 3).
 
 Each step draws Gaussian noise from a generator seeded by (seed, step, rank), so no state needs saving, then pairs it
-with the batch: ``vanilla`` keeps the draw, ``exact``/``quantized`` permute it by a linear assignment, ``knn`` keeps
-the nearest of k draws per image. With several processes, ``global`` scope gathers the global batch, rank 0 solves
+with the batch: ``vanilla`` keeps the draw, ``exact``/``quantized`` permute it by a linear assignment, ``exact_class``
+by one linear assignment per class of the batch (only noises drawn for images of the same class are exchanged, so
+each class keeps a Gaussian noise marginal; C2OT-style), ``knn`` keeps the nearest of k draws per image. With several processes, ``global`` scope gathers the global batch, rank 0 solves
 one assignment and broadcasts the permutation, and each process keeps its slice (as the official code does).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from immiscible.noise.assignment import assignment_permutation, knn_noise
 
-METHODS = ("vanilla", "exact", "quantized", "knn")
+METHODS = ("vanilla", "exact", "quantized", "knn", "exact_class")
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -28,9 +29,11 @@ def pair_distance(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return (x0.reshape(x0.shape[0], -1).double() - noise.reshape(noise.shape[0], -1).double()).norm(dim=1).mean()
 
 
-def global_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str, group=None, **options) -> torch.Tensor:
+def global_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str, group=None, labels=None,
+                       **options) -> torch.Tensor:
     """One assignment over the batches of all processes of ``group``: the global batch is gathered (rank 0 rows
-    first), rank 0 solves it and broadcasts the permutation. Returns this process's rows of the assigned noise."""
+    first), rank 0 solves it and broadcasts the permutation. Returns this process's rows of the assigned noise.
+    ``labels`` (B,): gathered too, and the assignment is solved within each class."""
     import torch.distributed as dist
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     b = x0.shape[0]
@@ -39,8 +42,13 @@ def global_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str, group
     dist.all_gather(x0_all, x0.contiguous(), group=group)
     dist.all_gather(noise_all, noise.contiguous(), group=group)
     noise_all = torch.cat(noise_all)  # (world*b, C, H, W)
+    groups = None
+    if labels is not None:
+        labels_all = [torch.empty_like(labels) for _ in range(world)]
+        dist.all_gather(labels_all, labels.contiguous(), group=group)
+        groups = torch.cat(labels_all)
     if rank == 0:
-        perm = assignment_permutation(torch.cat(x0_all), noise_all, method, **options).to(x0.device)
+        perm = assignment_permutation(torch.cat(x0_all), noise_all, method, groups=groups, **options).to(x0.device)
     else:
         perm = torch.empty(world * b, dtype=torch.long, device=x0.device)
     dist.broadcast(perm, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
@@ -48,13 +56,18 @@ def global_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str, group
 
 
 def draw_noise(x0: torch.Tensor, generator: torch.Generator, method: str = "exact", knn_k: int = 4,
-               cost: str = "l2", solver: str = "auto", group=None, world: int = 1, stats: bool = False):
+               cost: str = "l2", solver: str = "auto", group=None, world: int = 1, stats: bool = False,
+               labels: torch.Tensor | None = None):
     """(noise, info) for the batch x0 (B, C, H, W): the step's Gaussian draw paired by ``method``. ``group``: the
-    process group of a global assignment (None: assign this process's batch alone). ``info`` is None unless
+    process group of a global assignment (None: assign this process's batch alone). ``labels`` (B,): the classes
+    ``exact_class`` assigns within (required there, ignored by the other methods). ``info`` is None unless
     ``stats``: then a dict of 0-d tensors ``dist_before``/``dist_after`` (mean pair distance of the random draw and of
     the assigned pairs), ``assign_ms`` and the assignment batch ``assign_batch``."""
     if method not in METHODS:
         raise ValueError(f"unknown noise method {method!r}; choose one of {METHODS}")
+    if method == "exact_class" and labels is None:
+        raise ValueError("method 'exact_class' assigns within each class: it needs the batch's labels (a "
+                         "class-conditional run); use 'exact' for unlabelled data")
     noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
     start = time.perf_counter()
     batch = x0.shape[0]
@@ -63,12 +76,14 @@ def draw_noise(x0: torch.Tensor, generator: torch.Generator, method: str = "exac
     elif method == "knn":  # no coupling between images: always per process
         assigned = knn_noise(x0, knn_k, generator=generator)
     else:
-        options = dict(cost=cost, solver=solver) if method == "exact" else {}
+        options = dict(cost=cost, solver=solver) if method in ("exact", "exact_class") else {}
+        solve = "exact" if method == "exact_class" else method
+        groups = labels if method == "exact_class" else None
         if group is not None and world > 1:
-            assigned = global_permutation(x0, noise, method, group, **options)
+            assigned = global_permutation(x0, noise, solve, group, labels=groups, **options)
             batch = world * x0.shape[0]
         else:
-            assigned = noise[assignment_permutation(x0, noise, method, **options)]
+            assigned = noise[assignment_permutation(x0, noise, solve, groups=groups, **options)]
     if not stats:
         return assigned, None
     ms = 0.0 if method == "vanilla" else (time.perf_counter() - start) * 1000

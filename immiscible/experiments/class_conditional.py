@@ -1,0 +1,178 @@
+"""Class-conditional experiment (Immiscible Diffusion, Li et al. 2024: class-conditional Stable Diffusion on ImageNet,
+here at CPU scale on CIFAR-10): a UNet with a class embedding, label dropout for classifier-free guidance, guided
+DDIM sampling; vanilla vs class-blind assignment (``exact``: only the noise is permuted, labels keep their order, as
+the official code does) vs class-aware assignment (``exact_class``: one assignment per class of the batch, so every
+class keeps a Gaussian noise marginal; C2OT) vs ``knn``.
+
+Metrics per method, seed and snapshot: FD of all samples, the mean over classes of the per-class FD, KID, and the
+conditioning accuracy (the share of samples the held-out proxy classifier puts in the requested class). Paired
+differences against vanilla (and ``exact_class`` against ``exact``) and steps-to-target as in the unconditional
+experiment.
+
+    python -m immiscible.evaluation.features --group class_conditional --out-dir checkpoints/classifier-class_conditional
+    python -m immiscible.engine --group class_conditional --profile cpu --method exact_class --seed 0 --output-dir ...
+    python -m immiscible.experiments.class_conditional evaluate
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from immiscible.config import load_yaml_group
+from immiscible.data import load_labels
+from immiscible.diffusion.sampling import sample_images
+from immiscible.engine.checkpoints import list_snapshots, load_run_model
+from immiscible.engine.loop import end_distributed
+from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
+from immiscible.evaluation.features import classifier_dir, load_proxy_extractor, train_classifier
+from immiscible.evaluation.statistics import paired_differences
+from immiscible.experiments import unconditional as U
+from immiscible.io import atomic_save_npy, atomic_write_text
+
+GROUP = "class_conditional"
+
+
+@dataclass(frozen=True)
+class ClassEvalConfig(U.EvalConfig):
+    guidance_scale: float = 1.5            # classifier-free guidance of the DDIM samples (1: no guidance)
+    grid_per_class: int = 8                # final samples per class kept for the figure (first seed)
+
+
+def setup(profile: str = "smoke", params: str = "params.yaml", checkpoint_dir: str = "checkpoints/class_conditional",
+          classifier_root: str = "checkpoints/classifier-class_conditional", **kwargs) -> U.Experiment:
+    """The experiment of params.yaml's ``class_conditional`` group (arguments as ``unconditional.setup``)."""
+    exp = U.setup(profile, params=params, checkpoint_dir=checkpoint_dir, classifier_root=classifier_root,
+                  group_name=GROUP, eval_cls=ClassEvalConfig, **kwargs)
+    if not exp.train.num_classes:
+        raise ValueError(f"profile {profile!r} of {GROUP}: train.num_classes must be the dataset's number of classes")
+    return exp
+
+
+def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
+    """The requested classes of the evaluation samples: 0, 1, ..., C-1, 0, 1, ... (balanced)."""
+    return np.arange(num_samples) % num_classes
+
+
+def class_predictor(exp: U.Experiment, device: str):
+    """predict(images uint8 (N, H, W, C)) -> classes, by the proxy classifier trained on the training split."""
+    from safetensors.torch import load_file
+    folder = classifier_dir(exp.classifier.out_dir, exp.classifier.dataset, exp.classifier.resolution)
+    extractor = load_proxy_extractor(folder, device)
+    weights = load_file(str(Path(folder) / "classifier.safetensors"))
+    w, b = weights["head.weight"].double().numpy(), weights["head.bias"].double().numpy()
+    return lambda images: np.argmax(extractor(images) @ w.T + b, axis=1)
+
+
+def reference_by_class(exp: U.Experiment, extractor, ref: np.ndarray) -> dict[int, tuple]:
+    """Feature statistics of the reference images of each class (the same reference set as the overall FD)."""
+    labels, _ = load_labels(exp.train.dataset, U.reference_split(extractor), exp.train.data_dir)
+    labels = labels.numpy()[U.reference_indices(len(labels), exp.eval.num_ref)]
+    return {int(c): feature_stats(ref[labels == c]) for c in np.unique(labels)}
+
+
+def evaluate(exp: U.Experiment, device: str | None = None) -> pd.DataFrame:
+    """FD (all samples and per class), KID and conditioning accuracy of every EMA snapshot (cached as in the
+    unconditional experiment: by weights, every evaluation parameter, extractor and reference)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    extractor = U.extractor_for(exp, device)
+    ref, ref_key = U.reference_features(exp, extractor)
+    ref_stats, ext_key, e = feature_stats(ref), U._extractor_key(extractor), exp.eval
+    per_class_ref = reference_by_class(exp, extractor, ref)
+    predict = class_predictor(exp, device)
+    labels = sample_labels(e.num_samples, exp.train.num_classes)
+    todo = []
+    for method in exp.methods:
+        for seed in exp.seeds:
+            snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if s <= exp.train.steps}
+            if not snaps:
+                raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first "
+                                        "(`dvc repro train_class_conditional`)")
+            todo += [(method, seed, step, path, step == max(snaps)) for step, path in snaps.items()]
+    rows = []
+    for method, seed, step, path, last in tqdm(todo, desc="evaluate", unit="snapshot", disable=not e.progress):
+        sample_seed = 10_000 + seed
+        cache = exp.eval_dir / f"{method}-{seed}" / f"step{step:07d}-{U.eval_key(path, exp, ext_key, ref_key, sample_seed)}.json"
+        if cache.exists():
+            rows.append(json.loads(cache.read_text()))
+            continue
+        model, cfg = load_run_model(exp.run_dir(method, seed), step)
+        images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size, seed=sample_seed,
+                               device=device, progress=e.progress, labels=labels, guidance_scale=e.guidance_scale)
+        feats = extractor(images)
+        per_class = [frechet_distance(feats[labels == c], stats) for c, stats in per_class_ref.items()]
+        accuracy = float((predict(images) == labels).mean())
+        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
+               "reference": U.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
+               "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
+               "fd": frechet_distance(feats, ref_stats),
+               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+               "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
+               "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
+               "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
+        if last:  # per class, the first grid_per_class samples: rows of the figure
+            order = np.concatenate([np.flatnonzero(labels == c)[:e.grid_per_class] for c in per_class_ref])
+            atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[order])
+        atomic_write_text(cache, json.dumps(row, indent=1) + "\n")
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["method", "seed", "step"]).reset_index(drop=True)
+    U.write_csv(table, exp.table("fid"))
+    return table
+
+
+VALUES = ("fd", "kid", "fd_class_mean", "class_error")
+
+
+def paired_frame(fid: pd.DataFrame) -> pd.DataFrame:
+    """Every method against vanilla, and the class-aware assignment against the class-blind one (paired t)."""
+    tables = [paired_differences(fid, VALUES, baseline="vanilla")]
+    if {"exact", "exact_class"} <= set(fid.method):
+        tables.append(paired_differences(fid[fid.method.isin(["exact", "exact_class"])], VALUES, baseline="exact"))
+    table = pd.concat(tables, ignore_index=True)
+    table.insert(3, "fd_diff_ci_halfwidth", (table.fd_diff_ci_high - table.fd_diff_ci_low) / 2)
+    return table
+
+
+def evaluate_all(exp: U.Experiment) -> dict[str, pd.DataFrame]:
+    """Every table of the experiment from the trained runs (the DVC evaluate stage)."""
+    fid = evaluate(exp)
+    training = U.training_table(exp)
+    U.write_csv(training, exp.table("training"))
+    U.write_csv(U.loss_curves(exp), exp.table("loss"))
+    paired = paired_frame(fid)
+    U.write_csv(paired, exp.table("paired"))
+    summary, seeds = U.efficiency_tables(exp, fid)
+    U.write_metrics(exp, fid, paired[paired.baseline == "vanilla"], summary, training)
+    return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Class-conditional experiment: proxy classifier, evaluation.")
+    p.add_argument("command", choices=["classifier", "evaluate"])
+    p.add_argument("--profile", default=None, help="default: params.yaml class_conditional.profile")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--checkpoint-dir", default="checkpoints/class_conditional")
+    p.add_argument("--classifier-dir", default="checkpoints/classifier-class_conditional")
+    p.add_argument("--output-dir", default="results")
+    a = p.parse_args(argv)
+    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
+    exp = setup(profile, data_dir=a.data_dir, params=a.params, checkpoint_dir=a.checkpoint_dir,
+                output_dir=a.output_dir, classifier_root=a.classifier_dir)
+    if a.command == "classifier":
+        print(json.dumps(train_classifier(exp.classifier), indent=2))
+    else:
+        tables = evaluate_all(exp)
+        print(tables["paired"].to_string())
+        print(tables["efficiency"].T.to_string())
+    end_distributed()
+
+
+if __name__ == "__main__":
+    main()
