@@ -219,6 +219,16 @@ def test_smoke_experiment_end_to_end(tmp_path):
             assert (exp.eval_dir / f"samples-{m}-0-{k}step.npy").exists()
     training = tables["training"]
     assert (training[training.method == "exact"].dist_after < training[training.method == "exact"].dist_before).all()
+    # the notebook only reads these tables and samples, and draws the figures
+    import papermill as pm
+    before = {p: p.stat().st_mtime_ns for p in (Path(exp.output_dir) / "tables").glob("*.csv")}
+    pm.execute_notebook(str(ROOT / "notebooks" / "consistency.ipynb"), str(tmp_path / "executed.ipynb"),
+                        parameters=dict(profile="smoke", params=str(tmp_path / "params.yaml"),
+                                        checkpoint_dir=exp.checkpoint_dir, output_dir=exp.output_dir),
+                        kernel_name="python3", progress_bar=False)
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    for name in ("fd_curves_1step", "fd_curves_2step", "paired_1step", "paired_2step", "samples"):
+        assert (Path(exp.output_dir) / "figures" / f"consistency_{name}.png").stat().st_size > 0
 
 
 def test_a_run_with_other_consistency_settings_is_restarted_or_refused(tmp_path):
