@@ -15,7 +15,6 @@ experiment.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,14 +24,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from immiscible.config import load_yaml_group
 from immiscible.data import load_labels
 from immiscible.diffusion.sampling import sample_images
 from immiscible.engine.checkpoints import list_snapshots, load_run_model
-from immiscible.engine.loop import end_distributed
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
-from immiscible.evaluation.features import classifier_dir, load_proxy_extractor, train_classifier
+from immiscible.evaluation.features import classifier_dir, load_proxy_extractor
 from immiscible.evaluation.statistics import paired_differences
+from immiscible.experiments.cli import experiment_main, print_tables
 from immiscible.experiments import unconditional as U
 from immiscible.io import atomic_save_npy, atomic_write_text
 
@@ -153,25 +151,14 @@ def evaluate_all(exp: U.Experiment) -> dict[str, pd.DataFrame]:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Class-conditional experiment: proxy classifier, evaluation.")
-    p.add_argument("command", choices=["classifier", "evaluate"])
-    p.add_argument("--profile", default=None, help="default: params.yaml class_conditional.profile")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--checkpoint-dir", default="checkpoints/class_conditional")
-    p.add_argument("--classifier-dir", default="checkpoints/classifier-class_conditional")
-    p.add_argument("--output-dir", default="results")
-    a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
-    exp = setup(profile, data_dir=a.data_dir, params=a.params, checkpoint_dir=a.checkpoint_dir,
-                output_dir=a.output_dir, classifier_root=a.classifier_dir)
-    if a.command == "classifier":
-        print(json.dumps(train_classifier(exp.classifier), indent=2))
-    else:
-        tables = evaluate_all(exp)
-        print(tables["paired"].to_string())
-        print(tables["efficiency"].T.to_string())
-    end_distributed()
+    def evaluate_tables(exp):
+        """every table from the trained runs"""
+        print_tables(evaluate_all(exp))
+
+    experiment_main(argv, GROUP, setup, {"evaluate": evaluate_tables},
+                    "Class-conditional experiment: proxy classifier, evaluation (runs: python -m immiscible.engine "
+                    "--group class_conditional ...).",
+                    "checkpoints/class_conditional", "checkpoints/classifier-class_conditional")
 
 
 if __name__ == "__main__":

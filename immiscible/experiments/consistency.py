@@ -13,7 +13,6 @@ before any noise level scales it; the consistency loss builds both points of the
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -23,12 +22,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from immiscible.config import choices, from_dict, load_yaml_group, to_dict
+from immiscible.config import choices, from_dict, to_dict
 from immiscible.diffusion.consistency import ConsistencyConfig, consistency_samples
 from immiscible.engine.checkpoints import list_snapshots, load_run_model, snapshot_digest
-from immiscible.engine.loop import end_distributed
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
-from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig, train_classifier
+from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig
+from immiscible.experiments.cli import experiment_main, print_tables
 from immiscible.experiments.unconditional import (Experiment, _extractor_key, efficiency_frames, extractor_for,
                                                   loss_curves, paired_frame, reference_features, reference_split,
                                                   training_table, write_csv)
@@ -200,30 +199,18 @@ def evaluate_all(exp: ConsistencyExperiment) -> dict[str, pd.DataFrame]:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Consistency-model experiment: proxy classifier, every run, evaluation "
-                                "(one run alone: python -m immiscible.experiments.consistency_train).")
-    p.add_argument("command", choices=["classifier", "train", "evaluate"],
-                   help="classifier: the proxy feature extractor; train: every (method, seed) run in this process; "
-                        "evaluate: every table from the trained runs")
-    p.add_argument("--profile", default=None, help="default: params.yaml consistency.profile")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--checkpoint-dir", default="checkpoints/consistency")
-    p.add_argument("--classifier-dir", default="checkpoints/classifier-consistency")
-    p.add_argument("--output-dir", default="results")
-    a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
-    exp = setup(profile, data_dir=a.data_dir, params=a.params, checkpoint_dir=a.checkpoint_dir,
-                output_dir=a.output_dir, classifier_root=a.classifier_dir)
-    if a.command == "classifier":
-        print(json.dumps(train_classifier(exp.classifier), indent=2))
-    elif a.command == "train":
+    def train_runs(exp):
+        """every (method, seed) run in this process"""
         print(train_all(exp, on_change="restart").to_string())
-    else:
-        tables = evaluate_all(exp)
-        print(tables["paired"].to_string())
-        print(tables["efficiency"].T.to_string())
-    end_distributed()
+
+    def evaluate_tables(exp):
+        """every table from the trained runs"""
+        print_tables(evaluate_all(exp))
+
+    experiment_main(argv, GROUP, setup, {"train": train_runs, "evaluate": evaluate_tables},
+                    "Consistency-model experiment: proxy classifier, every run, evaluation (one run alone: "
+                    "python -m immiscible.experiments.consistency_train).",
+                    "checkpoints/consistency", "checkpoints/classifier-consistency")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ trained on the training split); Inception FID keeps the training-set reference t
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
@@ -33,11 +32,11 @@ from immiscible.diffusion.sampling import sample_images
 from immiscible.diffusion.schedules import alphas_cumprod
 from immiscible.engine.checkpoints import list_snapshots, load_run_model, snapshot_digest
 from immiscible.engine.config import TrainConfig, check_config
-from immiscible.engine.loop import end_distributed, train
+from immiscible.engine.loop import train
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
-from immiscible.evaluation.features import (EXTRACTORS, ClassifierConfig, classifier_dir, get_extractor,
-                                            train_classifier)
+from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig, classifier_dir, get_extractor
 from immiscible.evaluation.statistics import efficiency_by_seed, efficiency_summary, paired_differences
+from immiscible.experiments.cli import experiment_main, print_tables
 from immiscible.io import atomic_save_npy, atomic_write_text
 from immiscible.noise.assignment import assign_noise
 from immiscible.noise.source import METHODS
@@ -421,30 +420,17 @@ def evaluate_all(exp: Experiment) -> dict[str, pd.DataFrame]:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Unconditional experiment stages: proxy classifier, evaluation.")
-    p.add_argument("command", choices=["classifier", "train", "evaluate"],
-                   help="classifier: train/cache the proxy feature extractor; train: every (method, seed) run in "
-                        "this process; evaluate: every table from the trained runs")
-    p.add_argument("--profile", default=None, help="default: params.yaml unconditional.profile")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--checkpoint-dir", default="checkpoints/unconditional")
-    p.add_argument("--classifier-dir", default="checkpoints/classifier")
-    p.add_argument("--output-dir", default="results")
-    a = p.parse_args(argv)
-    from immiscible.config import load_yaml_group
-    profile = a.profile or load_yaml_group(a.params, "unconditional").get("profile", "cpu")
-    exp = setup(profile, data_dir=a.data_dir, params=a.params, checkpoint_dir=a.checkpoint_dir,
-                output_dir=a.output_dir, classifier_root=a.classifier_dir)
-    if a.command == "classifier":
-        print(json.dumps(train_classifier(exp.classifier), indent=2))
-    elif a.command == "train":
+    def train_runs(exp):
+        """every (method, seed) run in this process"""
         print(train_all(exp, on_change="restart").to_string())
-    else:
-        tables = evaluate_all(exp)
-        print(tables["paired"].to_string())
-        print(tables["efficiency"].T.to_string())
-    end_distributed()
+
+    def evaluate_tables(exp):
+        """every table from the trained runs"""
+        print_tables(evaluate_all(exp))
+
+    experiment_main(argv, "unconditional", setup, {"train": train_runs, "evaluate": evaluate_tables},
+                    "Unconditional experiment stages: proxy classifier, every run, evaluation.",
+                    "checkpoints/unconditional", "checkpoints/classifier")
 
 
 if __name__ == "__main__":
