@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from immiscible.data import load_labels
 from immiscible.diffusion.sampling import sample_images
-from immiscible.engine.checkpoints import list_snapshots, load_run_model
+from immiscible.engine.checkpoints import load_run_model
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import classifier_dir, load_proxy_extractor
 from immiscible.evaluation.statistics import paired_differences
@@ -85,14 +85,7 @@ def evaluate(exp: U.Experiment, device: str | None = None) -> pd.DataFrame:
     per_class_ref = reference_by_class(exp, extractor, ref)
     predict = class_predictor(exp, device)
     labels = sample_labels(e.num_samples, exp.train.num_classes)
-    todo = []
-    for method in exp.methods:
-        for seed in exp.seeds:
-            snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if s <= exp.train.steps}
-            if not snaps:
-                raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first "
-                                        "(`dvc repro train_class_conditional`)")
-            todo += [(method, seed, step, path, step == max(snaps)) for step, path in snaps.items()]
+    todo = U.snapshots_to_evaluate(exp)
     rows = []
     for method, seed, step, path, last in tqdm(todo, desc="evaluate", unit="snapshot", disable=not e.progress):
         sample_seed = 10_000 + seed
@@ -140,9 +133,7 @@ def paired_frame(fid: pd.DataFrame) -> pd.DataFrame:
 def evaluate_all(exp: U.Experiment) -> dict[str, pd.DataFrame]:
     """Every table of the experiment from the trained runs (the DVC evaluate stage)."""
     fid = evaluate(exp)
-    training = U.training_table(exp)
-    U.write_csv(training, exp.table("training"))
-    U.write_csv(U.loss_curves(exp), exp.table("loss"))
+    training = U.write_training_tables(exp)
     paired = paired_frame(fid)
     U.write_csv(paired, exp.table("paired"))
     summary, seeds = U.efficiency_tables(exp, fid)

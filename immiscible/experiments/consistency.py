@@ -24,13 +24,14 @@ from tqdm.auto import tqdm
 
 from immiscible.config import choices, from_dict, to_dict
 from immiscible.diffusion.consistency import ConsistencyConfig, consistency_samples
-from immiscible.engine.checkpoints import list_snapshots, load_run_model, snapshot_digest
+from immiscible.engine.checkpoints import load_run_model, snapshot_digest
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig
 from immiscible.experiments.cli import experiment_main, print_tables
 from immiscible.experiments.unconditional import (Experiment, _extractor_key, efficiency_frames, extractor_for,
-                                                  loss_curves, paired_frame, reference_features, reference_split,
-                                                  training_table, write_csv)
+                                                  paired_frame, reference_features, reference_split,
+                                                  snapshots_to_evaluate, training_table, write_csv,
+                                                  write_training_tables)
 from immiscible.experiments.consistency_train import GROUP, run_settings, train_run
 from immiscible.io import atomic_save_npy, atomic_write_text
 from immiscible.noise.source import METHODS
@@ -113,15 +114,7 @@ def evaluate(exp: ConsistencyExperiment, device: str | None = None) -> pd.DataFr
     extractor = extractor_for(exp, device)
     ref, ref_key = reference_features(exp, extractor)
     ref_stats, ext_key, e = feature_stats(ref), _extractor_key(extractor), exp.eval
-    todo = []
-    for method in exp.methods:
-        for seed in exp.seeds:
-            snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if s <= exp.train.steps}
-            if not snaps:
-                raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first "
-                                        "(`dvc repro train_consistency`)")
-            todo += [(method, seed, step, path, step == max(snaps), k) for step, path in snaps.items()
-                     for k in e.sample_steps]
+    todo = [(*snapshot, k) for snapshot in snapshots_to_evaluate(exp) for k in e.sample_steps]
     rows = []
     for method, seed, step, path, last, k in tqdm(todo, desc="evaluate", unit="point", disable=not e.progress):
         sample_seed = 10_000 + seed  # the same initial noise for every method of a pair
@@ -184,9 +177,7 @@ def write_metrics(exp: ConsistencyExperiment, paired: pd.DataFrame, summary: pd.
 def evaluate_all(exp: ConsistencyExperiment) -> dict[str, pd.DataFrame]:
     """Every table of the experiment from the trained runs (the DVC evaluate stage)."""
     fid = evaluate(exp)
-    training = training_table(exp)
-    write_csv(training, exp.table("training"))
-    write_csv(loss_curves(exp), exp.table("loss"))
+    training = write_training_tables(exp)
     (paired,) = per_sampler(fid, paired_frame)
     summary, seeds = per_sampler(fid, lambda sub: efficiency_frames(exp.methods, sub))
     write_csv(paired, exp.table("paired"))

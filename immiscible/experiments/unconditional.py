@@ -154,6 +154,14 @@ def training_table(exp: Experiment) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def write_training_tables(exp: Experiment) -> pd.DataFrame:
+    """The training table and the loss curves of every run, written; returns the training table."""
+    training = training_table(exp)
+    write_csv(training, exp.table("training"))
+    write_csv(loss_curves(exp), exp.table("loss"))
+    return training
+
+
 def loss_curves(exp: Experiment) -> pd.DataFrame:
     """(method, seed, step, loss) of every run's log, for `dvc plots`."""
     frames = [read_log(exp.run_dir(m, s))[["step", "loss"]].assign(method=m, seed=s)
@@ -218,20 +226,27 @@ def eval_key(snapshot: Path, exp: Experiment, extractor_key: str, ref_key: str, 
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def evaluate(exp: Experiment, device: str | None = None) -> pd.DataFrame:
-    """FD and KID of every EMA snapshot of every run (cached by ``eval_key``); writes the fid table."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # sampling and features on the GPU if any
-    extractor = extractor_for(exp, device)
-    ref, ref_key = reference_features(exp, extractor)
-    ref_stats, ext_key = feature_stats(ref), _extractor_key(extractor)
+def snapshots_to_evaluate(exp: Experiment) -> list[tuple]:
+    """(method, seed, step, snapshot path, is the run's last) for every EMA snapshot of every run, up to the
+    profile's steps; a run without snapshots is an error that names its training stage."""
     todo = []
     for method in exp.methods:
         for seed in exp.seeds:
             snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if s <= exp.train.steps}
             if not snaps:
                 raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first "
-                                        "(`dvc repro train_unconditional`)")
+                                        f"(`dvc repro train_{exp.name}`)")
             todo += [(method, seed, step, path, step == max(snaps)) for step, path in snaps.items()]
+    return todo
+
+
+def evaluate(exp: Experiment, device: str | None = None) -> pd.DataFrame:
+    """FD and KID of every EMA snapshot of every run (cached by ``eval_key``); writes the fid table."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # sampling and features on the GPU if any
+    extractor = extractor_for(exp, device)
+    ref, ref_key = reference_features(exp, extractor)
+    ref_stats, ext_key = feature_stats(ref), _extractor_key(extractor)
+    todo = snapshots_to_evaluate(exp)
     rows, e = [], exp.eval
     for method, seed, step, path, last in tqdm(todo, desc="evaluate", unit="snapshot", disable=not e.progress):
         sample_seed = 10_000 + seed  # the same initial noise for both methods of a pair
@@ -407,9 +422,7 @@ def sampling_noise(exp: Experiment, device: str | None = None) -> pd.DataFrame:
 def evaluate_all(exp: Experiment) -> dict[str, pd.DataFrame]:
     """Every table of the experiment from the trained runs (what the DVC evaluate stage runs)."""
     fid = evaluate(exp)
-    training = training_table(exp)
-    write_csv(training, exp.table("training"))
-    write_csv(loss_curves(exp), exp.table("loss"))
+    training = write_training_tables(exp)
     paired = paired_table(exp, fid)
     summary, seeds = efficiency_tables(exp, fid)
     write_metrics(exp, fid, paired, summary, training)
