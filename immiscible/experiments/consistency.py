@@ -29,12 +29,12 @@ from immiscible.evaluation.distances import feature_stats, frechet_distance, ker
 from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig
 from immiscible.experiments.cli import experiment_main, print_tables
 from immiscible.experiments.unconditional import (Experiment, _extractor_key, efficiency_frames, extractor_for,
-                                                  paired_frame, reference_features, reference_split,
+                                                  methods_and_seeds, paired_frame, reference_features,
+                                                  reference_split,
                                                   snapshots_to_evaluate, training_table, write_csv,
                                                   write_training_tables)
 from immiscible.experiments.consistency_train import GROUP, run_settings, train_run
 from immiscible.io import atomic_save_npy, atomic_write_text
-from immiscible.noise.source import METHODS
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,7 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
     """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute."""
     train_cfg, ct, group, p = run_settings(params, profile, dataset, data_dir, steps, train_overrides,
                                            consistency_overrides)
-    methods = tuple(methods or group.get("methods", ("vanilla", "exact")))
-    seeds = tuple(int(s) for s in (seeds if seeds is not None else group.get("seeds", (0,))))
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
-    if "vanilla" not in methods or len(methods) < 2:
-        raise ValueError(f"methods={list(methods)} must include 'vanilla' (the baseline) and at least one other")
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed (3 or more for intervals)")
+    methods, seeds = methods_and_seeds(group, methods, seeds)
     eval_cfg = from_dict(ConsistencyEvalConfig, {**group.get("feature_extractor", {}), **p.get("eval", {}),
                                                  **(eval_overrides or {})})
     for k in eval_cfg.sample_steps:

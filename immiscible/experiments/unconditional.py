@@ -85,6 +85,21 @@ class Experiment:
         return Path(self.output_dir) / "tables" / f"{self.name}_{name}.csv"
 
 
+def methods_and_seeds(group: dict, methods=None, seeds=None) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The methods and seeds of an experiment (the arguments, else its params group's), checked: known methods,
+    vanilla (the baseline) and at least one other, at least one seed."""
+    methods = tuple(methods or group.get("methods", ("vanilla", "exact")))
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else group.get("seeds", (0,))))
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+    if "vanilla" not in methods or len(methods) < 2:
+        raise ValueError(f"methods={list(methods)} must include 'vanilla' (the baseline) and at least one other")
+    if not seeds:
+        raise ValueError("seeds must hold at least one seed (3 or more for intervals)")
+    return methods, seeds
+
+
 def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
           objective: str | None = None, steps: int | None = None, batch_size: int | None = None,
           params: str = "params.yaml", checkpoint_dir: str = "checkpoints/unconditional",
@@ -98,17 +113,9 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
     if unknown:
         raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: train, eval, classifier")
     dataset = dataset or group.get("dataset", "cifar10")
-    methods = tuple(methods or group.get("methods", ("vanilla", "exact")))
-    seeds = tuple(int(s) for s in (seeds if seeds is not None else group.get("seeds", (0,))))
-    for m in methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
-    if "vanilla" not in methods or len(methods) < 2:
-        raise ValueError(f"methods={list(methods)} must include 'vanilla' (the baseline) and at least one other")
+    methods, seeds = methods_and_seeds(group, methods, seeds)
     if objective is not None and objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed (3 or more for intervals)")
     train_values = {**p.get("train", {}), **(train_overrides or {}), "dataset": dataset, "data_dir": data_dir}
     for key, value in (("objective", objective), ("steps", steps), ("batch_size", batch_size)):
         if value is not None:
