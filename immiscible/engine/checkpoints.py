@@ -229,6 +229,32 @@ def list_snapshots(run_dir: str | Path) -> dict[int, Path]:
     return dict(sorted((int(p.stem.split("-")[1]), p) for p in paths))
 
 
+def weights_digest(path: str | Path) -> str:
+    """SHA-256 of the tensors of a safetensors file (names, dtypes, shapes, values; not its metadata, which holds
+    the step): equal for the same weights saved at different steps or by different runs."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(load_file(path).items()):
+        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        h.update(tensor.contiguous().view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def init_weights_path(init_from: str | Path) -> Path:
+    """The weights file a fine-tuning run starts from: ``init_from`` itself, or a run folder's last EMA snapshot."""
+    path = Path(init_from)
+    if path.is_dir():
+        snaps = list_snapshots(path)
+        if not snaps:
+            raise FileNotFoundError(f"init_from={str(init_from)!r} is a folder without EMA snapshots "
+                                    "(snapshots/ema-*.safetensors): train the pretraining run first, or give a "
+                                    "weights file")
+        return snaps[max(snaps)]
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from={str(init_from)!r} does not exist: give a .safetensors weights file or "
+                                "a run folder with EMA snapshots")
+    return path
+
+
 def load_run_model(run_dir: str | Path, step: int | None = None):
     """(UNet with EMA weights of ``step`` (default: last snapshot), its TrainConfig) of a finished run."""
     run_dir = Path(run_dir)

@@ -20,12 +20,16 @@ class TrainConfig:
     data_dir: str = "data"
     resolution: int = 32                  # images are average-pooled to this size (must divide the stored size)
     num_images: int = 0                   # 0: the whole train split; N: its first N images (smoke runs)
+    classes: tuple[int, ...] = ()         # train on these classes of the train split only (empty: all of them)
     hflip: bool = False                   # random horizontal flips (the paper's recipe); drawn per (seed, step)
     # model
     model: str = field(default="tiny", metadata=choices(*MODEL_CONFIGS))
     dropout: float | None = None          # None: the model config's own value
     num_classes: int = 0                  # > 0: class-conditional (a class embedding with one extra "null" class)
     label_dropout: float = 0.0            # share of labels replaced by the null class (classifier-free guidance)
+    init_from: str = ""                   # fine-tuning: start from these weights (a snapshot .safetensors, or a run
+                                          # folder: its last EMA snapshot) instead of a random init; "" from scratch
+    init_sha256: str = ""                 # SHA-256 of init_from's tensors (weights_digest): filled in by train(); given, must match
     # diffusion (DDPM linear betas 1e-4..0.02 over 1000 steps, as in the paper's DDIM base code)
     objective: str = field(default="eps", metadata=choices(*OBJECTIVES))
     num_train_timesteps: int = 1000
@@ -75,6 +79,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"ema_decay={cfg.ema_decay!r} must be in [0, 1)")
     if not 0 <= cfg.label_dropout < 1 or (cfg.label_dropout and not cfg.num_classes):
         raise ValueError(f"label_dropout={cfg.label_dropout!r} must be in [0, 1) and needs num_classes > 0")
+    if len(set(cfg.classes)) != len(cfg.classes) or any(c < 0 for c in cfg.classes):
+        raise ValueError(f"classes={list(cfg.classes)!r} must be distinct class indices >= 0")
+    if cfg.init_sha256 and not cfg.init_from:
+        raise ValueError("init_sha256 is the digest of init_from's weights: set init_from too (or neither)")
     if cfg.method == "exact_class" and not cfg.num_classes:
         raise ValueError("method 'exact_class' assigns within each class: it needs a class-conditional run "
                          "(num_classes > 0); use 'exact' for unconditional training")

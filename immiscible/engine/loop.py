@@ -24,6 +24,7 @@ import random
 import shutil
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +35,9 @@ from immiscible.config import to_dict
 from immiscible.data import batch_indices, flip_mask, load_images, load_labels, to_model_input
 from immiscible.diffusion.losses import make_denoising_loss
 from immiscible.diffusion.schedules import alphas_cumprod
-from immiscible.engine.checkpoints import (check_resumable, latest_valid_checkpoint, list_snapshots,
-                                           load_checkpoint, model_config_json, remove_tmp, save_checkpoint,
-                                           save_snapshot, truncate_log)
+from immiscible.engine.checkpoints import (check_resumable, init_weights_path, latest_valid_checkpoint,
+                                           list_snapshots, load_checkpoint, load_weights, model_config_json,
+                                           remove_tmp, save_checkpoint, save_snapshot, truncate_log, weights_digest)
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.io import atomic_write_text
 from immiscible.models import build_unet, num_parameters
@@ -50,6 +51,31 @@ def _stop_if_not_finite(value: torch.Tensor, step: int, run_dir: Path) -> None:
         raise FloatingPointError(f"non-finite loss ({float(value.max())}) by step {step} of {run_dir}; stopped "
                                  f"without saving. Last good "
                                  f"checkpoint: {latest_valid_checkpoint(run_dir)}. Lower lr or enable grad_clip.")
+
+
+def training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(uint8 images (N, C, H, W), labels (N,) or None for an unconditional run) of a run: the train split of
+    cfg.dataset, restricted to ``cfg.classes`` when given, then to its first ``cfg.num_images``."""
+    if not cfg.classes:
+        images = load_images(cfg.dataset, "train", cfg.data_dir, cfg.resolution, cfg.num_images)
+        if not cfg.num_classes:
+            return images, None
+        labels, names = load_labels(cfg.dataset, "train", cfg.data_dir, cfg.num_images)
+    else:
+        images = load_images(cfg.dataset, "train", cfg.data_dir, cfg.resolution)
+        labels, names = load_labels(cfg.dataset, "train", cfg.data_dir)
+        unknown = [c for c in cfg.classes if c >= len(names)]
+        if unknown:
+            raise ValueError(f"classes={list(cfg.classes)}: {cfg.dataset} has classes 0..{len(names) - 1} "
+                             f"({', '.join(names)}); {unknown} do not exist")
+        keep = torch.isin(labels, torch.tensor(cfg.classes))
+        images, labels = images[keep], labels[keep]
+        if cfg.num_images:
+            images, labels = images[:cfg.num_images], labels[:cfg.num_images]
+    if cfg.num_classes and len(names) != cfg.num_classes:
+        raise ValueError(f"{cfg.dataset} has {len(names)} classes but num_classes={cfg.num_classes}: "
+                         f"set num_classes: {len(names)}")
+    return images, (labels if cfg.num_classes else None)
 
 
 def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str = "error", labels=None,
@@ -81,14 +107,10 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     run_dir = Path(cfg.output_dir)
     is_main = accelerator.is_main_process
 
-    # ---- setup: data, model, loss, optimizer, EMA
+    # ---- setup: data, model (pretrained weights when fine-tuning), loss, optimizer, EMA
     if images is None:
-        images = load_images(cfg.dataset, "train", cfg.data_dir, cfg.resolution, cfg.num_images)
-        if cfg.num_classes and labels is None:
-            labels, classes = load_labels(cfg.dataset, "train", cfg.data_dir, cfg.num_images)
-            if len(classes) != cfg.num_classes:
-                raise ValueError(f"{cfg.dataset} has {len(classes)} classes but num_classes={cfg.num_classes}: "
-                                 f"set num_classes: {len(classes)}")
+        images, loaded_labels = training_data(cfg)
+        labels = loaded_labels if labels is None else labels
     n_images = len(images)
     labels = None if labels is None else torch.as_tensor(labels)
     if cfg.num_classes and labels is None:
@@ -98,6 +120,14 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     if model is None:
         model = build_unet(cfg.model, cfg.resolution, images.shape[1], cfg.dropout, cfg.num_classes)
+    if cfg.init_from:  # fine-tuning: the given weights replace the random init (and start the EMA)
+        init_path = init_weights_path(cfg.init_from)
+        digest = weights_digest(init_path)
+        if cfg.init_sha256 and cfg.init_sha256 != digest:
+            raise ValueError(f"init_from {init_path} has SHA-256 {digest}, not the init_sha256={cfg.init_sha256} "
+                             "asked for: the pretrained weights changed")
+        cfg = replace(cfg, init_sha256=digest)  # recorded: a run is never resumed over other starting weights
+        load_weights(model, init_path)
     if loss_fn is None:
         loss_fn = make_denoising_loss(cfg.objective, cfg.num_train_timesteps, alphas_cumprod(cfg, device),
                                       cfg.label_dropout, null_label=cfg.num_classes)
@@ -180,6 +210,8 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
             return x0, y, generator, noise, info
 
     # ---- the loop
+    if is_main and cfg.init_from and start_step == 0:  # a fine-tuning run records its starting point as step 0
+        save_snapshot(run_dir, 0, raw_model, ema)
     model.train()
     t_start = time.perf_counter()
     loss_sum, loss_count = torch.zeros((), dtype=torch.float64, device=device), 0

@@ -105,13 +105,14 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
           params: str = "params.yaml", checkpoint_dir: str = "checkpoints/unconditional",
           output_dir: str = "results", classifier_root: str = "checkpoints/classifier",
           train_overrides: dict | None = None, eval_overrides: dict | None = None, group_name: str = "unconditional",
-          eval_cls: type = EvalConfig) -> Experiment:
+          eval_cls: type = EvalConfig, sections: tuple[str, ...] = ("train", "eval", "classifier")) -> Experiment:
     """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute.
-    ``group_name``/``eval_cls``: another experiment of the same shape (its params group and evaluation config)."""
+    ``group_name``/``eval_cls``/``sections``: another experiment of the same shape (its params group, evaluation
+    config and the sections its profiles may hold)."""
     group, p = load_profile(params, group_name, profile)
-    unknown = set(p) - {"train", "eval", "classifier"}
+    unknown = set(p) - set(sections)
     if unknown:
-        raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: train, eval, classifier")
+        raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sections)}")
     dataset = dataset or group.get("dataset", "cifar10")
     methods, seeds = methods_and_seeds(group, methods, seeds)
     if objective is not None and objective not in OBJECTIVES:
