@@ -16,11 +16,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(STAMP)
 
-# The artifact's environment: the package with its `artifact` and `test` extras at the exact versions of constraints.txt.
+# The artifact's environment: the package with its `artifact`, `sd` and `test` extras at the exact versions of constraints.txt.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -c constraints.txt -e ".[artifact,test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[artifact,sd,test]"
 	touch $@
 
 test: $(STAMP)

@@ -36,7 +36,7 @@ def test_the_core_needs_only_torch_numpy_scipy_as_ranges():
 def test_every_dependency_is_pinned_in_constraints_and_installed_at_that_version():
     pins = constraints()
     names = {_name(r) for r in PROJECT["dependencies"]}
-    for extra in ("artifact", "test", "lap", "lab"):
+    for extra in ("artifact", "sd", "test", "lap", "lab"):
         names |= {_name(r) for r in PROJECT["optional-dependencies"][extra]}
     assert names <= set(pins), f"not pinned in constraints.txt: {sorted(names - set(pins))}"
     for name, pinned in pins.items():
@@ -49,9 +49,9 @@ def test_every_dependency_is_pinned_in_constraints_and_installed_at_that_version
 def test_environment_yml_installs_the_same_pins_and_extras():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert pip == ["-c constraints.txt", "-e .[artifact,test]"]
+    assert pip == ["-c constraints.txt", "-e .[artifact,sd,test]"]
     make = (ROOT / "Makefile").read_text()
-    assert '-c constraints.txt -e ".[artifact,test]"' in make
+    assert '-c constraints.txt -e ".[artifact,sd,test]"' in make
 
 
 def test_version_is_the_packages():
