@@ -12,21 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from immiscible.engine.checkpoints import list_snapshots, load_weights
+from immiscible.engine.checkpoints import load_weights, snapshot_path
 
 
 def load_run_unet(run_dir: str | Path, step: int | None = None):
     """The run's UNet2DConditionModel with the EMA weights of ``step`` (default: its last snapshot)."""
     from diffusers import UNet2DConditionModel
-    run_dir = Path(run_dir)
-    snaps = list_snapshots(run_dir)
-    if not snaps:
-        raise FileNotFoundError(f"no EMA snapshots in {run_dir}/snapshots: train the run first")
-    step = max(snaps) if step is None else step
-    if step not in snaps:
-        raise ValueError(f"no snapshot for step {step} in {run_dir}; available steps: {sorted(snaps)}")
-    unet = UNet2DConditionModel.from_config(json.loads((run_dir / "model_config.json").read_text()))
-    load_weights(unet, snaps[step])
+    path = snapshot_path(run_dir, step)
+    unet = UNet2DConditionModel.from_config(json.loads((Path(run_dir) / "model_config.json").read_text()))
+    load_weights(unet, path)
     return unet.eval()
 
 
