@@ -16,10 +16,11 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The artifact's environment: the package with its `artifact`, `sd` and `test` extras at the exact versions of constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -U pip
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[artifact,sd,test]"
 	touch $@
 
 test: $(STAMP)
@@ -35,7 +36,7 @@ data: $(STAMP)
 	$(BIN)/dvc repro data@cifar10
 
 lab: $(STAMP)
-	$(BIN)/pip install -q -e ".[lab]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[lab]"
 	$(BIN)/jupyter lab notebooks/
 
 # On a machine with an NVIDIA GPU: the CUDA tests, the assignment timing on CUDA (results/device/tables/

@@ -1,5 +1,8 @@
 """Noise assignment: optimality, permutation validity, contracts and errors."""
+import hashlib
 import itertools
+import json
+import os
 
 import numpy as np
 import pytest
@@ -347,7 +350,8 @@ def test_native_build_is_cached_and_can_be_switched_off(monkeypatch, tmp_path):
     assert hasattr(lib, "jv_solve_float") and hasattr(lib, "jv_solve_double")
     mtime = path.stat().st_mtime_ns
     assert native.build() == path and path.stat().st_mtime_ns == mtime  # reused, not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]        # no temporary files left behind
+    # the library and the record of its build, no temporary files left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, path.with_suffix(".json").name])
     monkeypatch.setenv("IMMISCIBLE_NATIVE", "0")
     native.jv_kernel.cache_clear()
     try:
@@ -355,6 +359,63 @@ def test_native_build_is_cached_and_can_be_switched_off(monkeypatch, tmp_path):
     finally:
         native.jv_kernel.cache_clear()
 
+
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+def test_a_tampered_library_is_rebuilt_not_loaded(monkeypatch, tmp_path):
+    monkeypatch.setenv("IMMISCIBLE_CACHE", str(tmp_path))
+    path = native.build()
+    good = path.read_bytes()
+    path.write_bytes(good + b"injected")
+    with pytest.warns(RuntimeWarning, match="does not match the hash recorded"):
+        assert native.build() == path
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not path.read_bytes().endswith(b"injected")
+
+
+@pytest.mark.skipif(native._compiler() is None or not hasattr(os, "getuid"), reason="no C compiler / no POSIX owner")
+def test_a_cache_others_can_write_is_refused(monkeypatch, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("IMMISCIBLE_CACHE", str(shared))
+    monkeypatch.delenv("IMMISCIBLE_NATIVE", raising=False)
+    with pytest.raises(RuntimeError, match="writable by other users"):
+        native.build()
+    native.jv_kernel.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="writable by other users"):
+            assert native.jv_kernel() is None  # falls back; nothing was loaded from there
+    finally:
+        native.jv_kernel.cache_clear()
+    assert list(shared.iterdir()) == []
+    monkeypatch.setenv("IMMISCIBLE_CACHE", str(tmp_path / "new"))
+    native.build()
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700  # created private
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")
+def test_a_failed_flag_set_is_not_retried_at_every_start(monkeypatch, tmp_path):
+    """A compiler that rejects the first flag set: it is tried once, recorded, and skipped afterwards."""
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "fakecc"
+    fake.write_text(f"""#!/bin/sh
+case "$*" in *--version*) exec {native._compiler()} "$@";; esac
+echo "$*" >> {log}
+case "$*" in *-mprefer-vector-width=512*) echo "unsupported flag" >&2; exit 1;; esac
+exec {native._compiler()} "$@"
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("IMMISCIBLE_CACHE", str(tmp_path / "cache"))
+    first = native.build(str(fake))
+    assert len(log.read_text().splitlines()) == 2  # the failing set, then the next one
+    failed = list((tmp_path / "cache").glob("*.failed"))
+    assert len(failed) == 1 and "unsupported flag" in failed[0].read_text()
+    first.unlink()  # even with nothing cached to reuse, the failed set is not compiled again
+    assert native.build(str(fake)) == first
+    calls = log.read_text().splitlines()
+    assert len(calls) == 3 and "-mprefer-vector-width=512" not in calls[-1]
 
 
 # --- quantized: the official recipe, written out independently -------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "immiscible"
 # rank of each layer: a module may import its own layer's package or a lower rank, never a higher one
 LAYERS = {"config": 0, "io": 0, "data": 0, "models": 0, "noise": 1, "diffusion": 1, "engine": 2, "evaluation": 2,
-          "experiments": 3, "pipeline": 3}
+          "experiments": 3, "pipeline": 3, "sd": 3}
 
 
 def module_name(path: Path) -> str:

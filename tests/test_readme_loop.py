@@ -19,7 +19,7 @@ def readme_loop() -> str:
 def test_the_readme_loop_runs_and_trains_on_the_assigned_noise(monkeypatch):
     import immiscible
     seen = []
-    real_assign, real_mse = immiscible.assign_noise, F.mse_loss
+    real_assign, real_mse = immiscible.assign_noise_distributed, F.mse_loss
 
     def assign(x0, noise, *args, **kwargs):
         out = real_assign(x0, noise, *args, **kwargs)
@@ -30,7 +30,7 @@ def test_the_readme_loop_runs_and_trains_on_the_assigned_noise(monkeypatch):
         seen.append(("target", target.clone()))
         return real_mse(prediction, target, *args, **kwargs)
 
-    monkeypatch.setattr(immiscible, "assign_noise", assign)
+    monkeypatch.setattr(immiscible, "assign_noise_distributed", assign)
     monkeypatch.setattr(F, "mse_loss", mse)
     torch.manual_seed(0)
     namespace: dict = {}

@@ -22,15 +22,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 # Missing from a typical CUDA PyTorch image (which has numpy, scipy, pandas, matplotlib, tqdm, pyyaml, safetensors,
-# accelerate, huggingface-hub, requests, regex, filelock, pillow, pytest). Versions follow pyproject.toml.
+# accelerate, huggingface-hub, requests, regex, filelock, pillow, pytest). Versions follow constraints.txt.
 PACKAGES = ("lap", "diffusers")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 
 
 def pinned_version(name: str) -> str | None:
-    """The version pinned in pyproject.toml, else the one installed here."""
-    m = re.search(rf'"{re.escape(name)}==([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.IGNORECASE)
+    """The version pinned in constraints.txt, else the one installed here."""
+    m = re.search(rf'^{re.escape(name)}==(\S+)', (ROOT / "constraints.txt").read_text(), re.IGNORECASE | re.MULTILINE)
     if m:
         return m.group(1)
     from importlib.metadata import PackageNotFoundError, version

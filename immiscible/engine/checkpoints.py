@@ -255,19 +255,25 @@ def init_weights_path(init_from: str | Path) -> Path:
     return path
 
 
-def load_run_model(run_dir: str | Path, step: int | None = None):
-    """(UNet with EMA weights of ``step`` (default: last snapshot), its TrainConfig) of a finished run."""
-    run_dir = Path(run_dir)
-    cfg = from_dict(TrainConfig, json.loads((run_dir / "train_config.json").read_text()))
+def snapshot_path(run_dir: str | Path, step: int | None = None) -> Path:
+    """The EMA snapshot of ``step`` (default: the last) of a run; a clear error when there is none."""
     snaps = list_snapshots(run_dir)
     if not snaps:
         raise FileNotFoundError(f"no EMA snapshots in {run_dir}/snapshots: train the run first")
     step = max(snaps) if step is None else step
     if step not in snaps:
         raise ValueError(f"no snapshot for step {step} in {run_dir}; available steps: {sorted(snaps)}")
+    return snaps[step]
+
+
+def load_run_model(run_dir: str | Path, step: int | None = None):
+    """(UNet with EMA weights of ``step`` (default: last snapshot), its TrainConfig) of a finished run."""
+    run_dir = Path(run_dir)
+    cfg = from_dict(TrainConfig, json.loads((run_dir / "train_config.json").read_text()))
+    path = snapshot_path(run_dir, step)
     channels = json.loads((run_dir / "model_config.json").read_text())["in_channels"]
     model = build_unet(cfg.model, cfg.resolution, channels, cfg.dropout, cfg.num_classes)
-    load_weights(model, snaps[step])
+    load_weights(model, path)
     return model.eval(), cfg
 
 

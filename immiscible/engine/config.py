@@ -62,6 +62,9 @@ class TrainConfig:
     snapshot_every: int = 0               # EMA weights saved for evaluation every N steps (0: final only)
     log_every: int = 10
     progress: bool = True
+    # what the run's trajectory depends on beyond these fields (an experiment's model source, its loss settings):
+    # recorded with the config and compared on resume like every field
+    settings: dict = field(default_factory=dict)
 
 
 def check_config(cfg: TrainConfig) -> TrainConfig:

@@ -82,7 +82,8 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
           model=None, loss_fn=None) -> dict:
     """Train (or resume) one run into cfg.output_dir; returns a summary.
 
-    ``images``: uint8 (N, C, H, W) to train on instead of loading cfg.dataset; ``labels``: (N,) class labels passed
+    ``images``: uint8 (N, C, H, W) to train on instead of loading cfg.dataset, or float (N, C, H, W) already in the
+    model's space (VAE latents after scaling); ``labels``: (N,) class labels passed
     to ``loss_fn``; ``model``: a freshly built model instead of ``build_unet(cfg.model, ...)`` (built under the
     run's seed by the caller); ``loss_fn``: the experiment's loss. ``on_change``: what to do when output_dir holds
     a run with a different config: "error" or "restart" (delete it and train from scratch, as a pipeline stage does).
@@ -197,7 +198,8 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
         (seed, step, rank)."""
         idx = batch_indices(cfg.seed, step, cfg.batch_size, n_images)[rank * local_batch:(rank + 1) * local_batch]
         with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
-            x0 = to_model_input(images[torch.from_numpy(idx)])  # (B, C, H, W) in [-1, 1]
+            x0 = images[torch.from_numpy(idx)]  # (B, C, H, W): uint8 pixels -> [-1, 1]; float data (latents) as is
+            x0 = to_model_input(x0) if x0.dtype == torch.uint8 else x0.float()
             if cfg.hflip:
                 flip = torch.from_numpy(flip_mask(cfg.seed, step, cfg.batch_size)[rank * local_batch:
                                                                                   (rank + 1) * local_batch])

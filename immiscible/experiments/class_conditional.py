@@ -30,7 +30,7 @@ from immiscible.engine.checkpoints import load_run_model
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import classifier_dir, load_proxy_extractor
 from immiscible.evaluation.statistics import paired_differences
-from immiscible.experiments.cli import experiment_main, print_tables
+from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.experiments import unconditional as U
 from immiscible.io import atomic_save_npy, atomic_write_text
 
@@ -142,11 +142,7 @@ def evaluate_all(exp: U.Experiment) -> dict[str, pd.DataFrame]:
 
 
 def main(argv=None) -> None:
-    def evaluate_tables(exp):
-        """every table from the trained runs"""
-        print_tables(evaluate_all(exp))
-
-    experiment_main(argv, GROUP, setup, {"evaluate": evaluate_tables},
+    experiment_main(argv, GROUP, setup, standard_commands(evaluate_all),
                     "Class-conditional experiment: proxy classifier, evaluation (runs: python -m immiscible.engine "
                     "--group class_conditional ...).",
                     "checkpoints/class_conditional", "checkpoints/classifier-class_conditional")

@@ -18,6 +18,19 @@ def print_tables(tables: dict) -> None:
     print(tables["efficiency"].T.to_string())
 
 
+def standard_commands(evaluate_all, train_all=None) -> dict:
+    """An experiment's ``evaluate`` command (every table from the trained runs) and, given ``train_all``, its
+    ``train`` command (every run in this process), for ``experiment_main``."""
+    def evaluate(exp):
+        """every table from the trained runs"""
+        print_tables(evaluate_all(exp))
+
+    def train(exp):
+        """every run of the experiment in this process"""
+        print(train_all(exp, on_change="restart").to_string())
+    return {"evaluate": evaluate} if train_all is None else {"train": train, "evaluate": evaluate}
+
+
 def experiment_main(argv, group: str, setup, commands: dict, description: str, checkpoint_dir: str,
                     classifier_dir: str) -> None:
     """Parse ``argv``, resolve the experiment of params.yaml's ``group`` with ``setup`` and run the command:

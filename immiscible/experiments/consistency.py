@@ -27,7 +27,7 @@ from immiscible.diffusion.consistency import ConsistencyConfig, consistency_samp
 from immiscible.engine.checkpoints import load_run_model, snapshot_digest
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig
-from immiscible.experiments.cli import experiment_main, print_tables
+from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.experiments.unconditional import (Experiment, _extractor_key, efficiency_frames, extractor_for,
                                                   methods_and_seeds, paired_frame, reference_features,
                                                   reference_split,
@@ -182,15 +182,7 @@ def evaluate_all(exp: ConsistencyExperiment) -> dict[str, pd.DataFrame]:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> None:
-    def train_runs(exp):
-        """every (method, seed) run in this process"""
-        print(train_all(exp, on_change="restart").to_string())
-
-    def evaluate_tables(exp):
-        """every table from the trained runs"""
-        print_tables(evaluate_all(exp))
-
-    experiment_main(argv, GROUP, setup, {"train": train_runs, "evaluate": evaluate_tables},
+    experiment_main(argv, GROUP, setup, standard_commands(evaluate_all, train_all),
                     "Consistency-model experiment: proxy classifier, every run, evaluation (one run alone: "
                     "python -m immiscible.experiments.consistency_train).",
                     "checkpoints/consistency", "checkpoints/classifier-consistency")

@@ -35,7 +35,7 @@ from immiscible.engine.loop import train
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.statistics import paired_differences
 from immiscible.experiments import unconditional as U
-from immiscible.experiments.cli import experiment_main, print_tables
+from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.experiments.finetuning_train import GROUP, pretrain_dir, run_settings
 from immiscible.io import atomic_save_npy, atomic_write_text
 
@@ -226,15 +226,7 @@ def evaluate_all(exp: FinetuneExperiment) -> dict[str, pd.DataFrame]:
 
 
 def main(argv=None) -> None:
-    def train_runs(exp):
-        """the pretraining run and every fine-tuning run in this process"""
-        print(train_all(exp, on_change="restart").to_string())
-
-    def evaluate_tables(exp):
-        """every table from the trained runs"""
-        print_tables(evaluate_all(exp))
-
-    experiment_main(argv, GROUP, setup, {"train": train_runs, "evaluate": evaluate_tables},
+    experiment_main(argv, GROUP, setup, standard_commands(evaluate_all, train_all),
                     "Fine-tuning experiment: proxy classifier, every run, evaluation (runs: python -m "
                     "immiscible.experiments.finetuning_train ...).",
                     "checkpoints/finetuning", "checkpoints/classifier-finetuning")

@@ -36,7 +36,7 @@ from immiscible.engine.loop import train
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig, classifier_dir, get_extractor
 from immiscible.evaluation.statistics import efficiency_by_seed, efficiency_summary, paired_differences
-from immiscible.experiments.cli import experiment_main, print_tables
+from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.io import atomic_save_npy, atomic_write_text
 from immiscible.noise.assignment import assign_noise
 from immiscible.noise.source import METHODS
@@ -441,15 +441,7 @@ def evaluate_all(exp: Experiment) -> dict[str, pd.DataFrame]:
 # ----------------------------------------------------------------------------- command line
 
 def main(argv=None) -> None:
-    def train_runs(exp):
-        """every (method, seed) run in this process"""
-        print(train_all(exp, on_change="restart").to_string())
-
-    def evaluate_tables(exp):
-        """every table from the trained runs"""
-        print_tables(evaluate_all(exp))
-
-    experiment_main(argv, "unconditional", setup, {"train": train_runs, "evaluate": evaluate_tables},
+    experiment_main(argv, "unconditional", setup, standard_commands(evaluate_all, train_all),
                     "Unconditional experiment stages: proxy classifier, every run, evaluation.",
                     "checkpoints/unconditional", "checkpoints/classifier")
 

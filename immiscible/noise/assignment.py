@@ -24,7 +24,8 @@ Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
              CIFAR-10 batches of 1024 (results/tables/assignment_timing.csv).
 ``"lap"``    Jonker-Volgenant from the ``lap`` package (float64, scalar C++).
 ``"scipy"``  ``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost.
-``"auto"``   (default) ``jv`` where it builds (a C compiler is needed), else ``lap``.
+``"auto"``   (default) ``jv`` where it builds (a C compiler is needed), else ``lap`` where it is installed (the
+             optional extra ``immiscible[lap]``), else ``scipy``.
 Subtracting each row's and then each column's minimum changes every permutation's total by the same
 constant, so the optimal permutation is unchanged, but the nearly-constant raw L2 matrix becomes a
 well-conditioned one that scipy solves several times faster (``reduce_cost``).
@@ -101,10 +102,20 @@ def _lapjv_kernel():
     return kernel
 
 
+@functools.lru_cache(maxsize=1)
+def _has_lap() -> bool:
+    """Whether the optional ``lap`` package is installed (the core install needs only torch, numpy and scipy)."""
+    import importlib.util
+    return importlib.util.find_spec("lap") is not None
+
+
 def _solve_lapjv(cost: np.ndarray) -> np.ndarray:
     """Jonker-Volgenant on a C-contiguous float64 (n, n) matrix, n >= 2, without holding the GIL when possible."""
     kernel = _lapjv_kernel()
     if kernel is None:
+        if not _has_lap():
+            raise ModuleNotFoundError("solver='lap' needs the optional package lap: pip install 'immiscible[lap]', "
+                                      "or use solver='jv' or 'scipy'")
         import lap
         return np.asarray(lap.lapjv(cost)[1], dtype=np.int64)
     n = cost.shape[0]
@@ -135,7 +146,8 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
     if not np.isfinite(largest):
         raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
     if solver == "auto":
-        solver = "jv" if largest < native.MAX_COST and native.jv_kernel() is not None else "lap"
+        solver = ("jv" if largest < native.MAX_COST and native.jv_kernel() is not None else
+                  "lap" if _has_lap() else "scipy")
     if solver == "jv":
         if largest >= native.MAX_COST:
             raise ValueError(f"costs of magnitude {largest:.3g} are too large for solver='jv' (limit "

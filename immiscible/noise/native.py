@@ -4,14 +4,21 @@ The kernel is plain C written for the compiler's auto-vectorizer, so it is built
 with ``-march=native``: one C compiler (``$CC``, else ``cc``/``gcc``/``clang``), no build step at install, about
 a second once. The shared library is cached under ``$IMMISCIBLE_CACHE`` (default ``~/.cache/immiscible``), keyed
 by the source, the flags, the compiler and the CPU, so a home directory shared between machines stays correct.
-Where no compiler works, ``jv_kernel`` returns None with a warning, and ``solve_assignment`` uses ``lap`` instead.
-Set ``IMMISCIBLE_NATIVE=0`` to never build it.
+
+A cached shared object is code this process will run, so the cache is guarded: the folder must belong to the user
+and be writable by no one else (it is created 0700; otherwise the kernel is refused, with a message saying what to
+do); each build records its key and the SHA-256 of the library it produced beside it, and a library that does not
+match its record is rebuilt, never loaded. A flag set that failed to compile is recorded too (``jv-<key>.failed``,
+with the compiler's message) and not retried at every start; a new compiler or source changes the key and retries.
+Where no compiler works, ``jv_kernel`` returns None with a warning, and ``solve_assignment`` uses ``lap`` (or scipy)
+instead. Set ``IMMISCIBLE_NATIVE=0`` to never build it.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
 import hashlib
+import json
 import os
 import platform
 import shutil
@@ -39,6 +46,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("IMMISCIBLE_CACHE") or Path.home() / ".cache" / "immiscible")
 
 
+def _check_private(path: Path, what: str) -> None:
+    """Refuse a cache file or folder that another user owns or that others may write (it would inject code)."""
+    st = path.stat()
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        raise RuntimeError(f"the kernel cache {what} {path} belongs to another user (uid {st.st_uid}): set "
+                           "IMMISCIBLE_CACHE to a folder of your own")
+    if st.st_mode & 0o022:
+        raise RuntimeError(f"the kernel cache {what} {path} is writable by other users (mode {oct(st.st_mode & 0o777)})"
+                           ": a library placed there would run in this process. Run `chmod go-w` on it, or set "
+                           "IMMISCIBLE_CACHE to a private folder")
+
+
+def private_cache_dir() -> Path:
+    """The cache folder, created 0700 if absent, checked private."""
+    path = cache_dir()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _check_private(path, "folder")
+    return path
+
+
 def _compiler() -> str | None:
     for cc in (os.environ.get("CC"), "cc", "gcc", "clang"):
         if cc and shutil.which(cc):
@@ -56,36 +83,73 @@ def _cpu_id() -> str:
         return platform.platform() + platform.processor()
 
 
-def _library_path(cc: str, flags: tuple[str, ...]) -> Path:
+def _build_key(cc: str, flags: tuple[str, ...]) -> str:
+    """SHA-256 of what the library is built from: the sources, the flags, the compiler's version, the CPU."""
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
     for name in SOURCES:
         h.update((SOURCE_DIR / name).read_bytes())
     h.update("\0".join([*flags, *_COMMON, version, _cpu_id(), platform.machine()]).encode())
-    return cache_dir() / f"jv-{h.hexdigest()[:16]}.so"
+    return h.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically to ``path`` (0600)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _verified(library: Path, record: Path, key: str) -> bool:
+    """Whether ``library`` is what the build recorded in ``record`` for ``key`` (and is private)."""
+    try:
+        saved = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    _check_private(library, "file")
+    return saved.get("key") == key and saved.get("sha256") == _sha256(library)
 
 
 def build(cc: str | None = None) -> Path:
-    """Compile ``csrc/jv.c`` (or reuse the cached build) and return the shared library's path.
-    Raises RuntimeError, with the compiler's message, when no compiler or no flag set works."""
+    """Compile ``csrc/jv.c`` (or reuse the verified cached build) and return the shared library's path.
+    Raises RuntimeError, with the compiler's message, when no compiler or no flag set works, or when the cache is
+    not private."""
     cc = cc or _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc/clang); the exact solver falls back to `lap`")
+    folder = private_cache_dir()
     errors = []
     for flags in _FLAG_SETS:
-        path = _library_path(cc, flags)
-        if path.exists():
-            return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        key = _build_key(cc, flags)
+        library, record, failed = (folder / f"jv-{key[:16]}{suffix}" for suffix in (".so", ".json", ".failed"))
+        if failed.exists():
+            errors.append(f"{' '.join(flags)}: failed before, not retried (its message is in {failed}; delete "
+                          "the file to retry)")
+            continue
+        if library.exists():
+            if _verified(library, record, key):
+                return library
+            if record.exists():  # no record: built by an older version; rebuilt quietly
+                warnings.warn(f"immiscible: {library} does not match the hash recorded when it was built; "
+                              "rebuilding it", RuntimeWarning, stacklevel=2)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder, prefix=".tmp-")
         os.close(fd)
         cmd = [cc, *flags, *_COMMON, "-o", tmp, str(SOURCE_DIR / "jv.c")]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode == 0:
-            os.replace(tmp, path)  # atomic: concurrent builders (DataLoader workers, ranks) never see half a file
-            return path
+            _write_private(record, json.dumps({"key": key, "sha256": _sha256(Path(tmp)), "flags": list(flags),
+                                               "compiler": cc}, indent=1) + "\n")
+            os.replace(tmp, library)  # atomic: concurrent builders (DataLoader workers, ranks) never see half a file
+            return library
         os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}\n{proc.stderr.strip()}")
+        message = f"{' '.join(cmd)}\n{proc.stderr.strip()}"
+        _write_private(failed, message + "\n")
+        errors.append(message)
     raise RuntimeError("could not compile the assignment kernel:\n" + "\n\n".join(errors))
 
 
@@ -98,8 +162,8 @@ def jv_kernel():
     try:
         lib = ctypes.CDLL(str(build()))
     except (RuntimeError, OSError) as err:
-        warnings.warn(f"immiscible: the native assignment kernel is unavailable, using `lap` ({err})", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(f"immiscible: the native assignment kernel is unavailable, using `lap` (or scipy without "
+                      f"it) ({err})", RuntimeWarning, stacklevel=3)
         return None
     kernels = {}
     for dtype, name in ((np.float32, "jv_solve_float"), (np.float64, "jv_solve_double")):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from immiscible.noise.assignment import assignment_permutation, knn_noise
+from immiscible.noise.distributed import global_permutation
 
 METHODS = ("vanilla", "exact", "quantized", "knn", "exact_class")
 
@@ -27,32 +28,6 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device | str =
 def pair_distance(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """Mean L2 distance of the pairs (x0[i], noise[i]) as a 0-d float64 tensor on x0's device (no host sync)."""
     return (x0.reshape(x0.shape[0], -1).double() - noise.reshape(noise.shape[0], -1).double()).norm(dim=1).mean()
-
-
-def global_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str, group=None, labels=None,
-                       **options) -> torch.Tensor:
-    """One assignment over the batches of all processes of ``group``: the global batch is gathered (rank 0 rows
-    first), rank 0 solves it and broadcasts the permutation. Returns this process's rows of the assigned noise.
-    ``labels`` (B,): gathered too, and the assignment is solved within each class."""
-    import torch.distributed as dist
-    world, rank = dist.get_world_size(group), dist.get_rank(group)
-    b = x0.shape[0]
-    x0_all = [torch.empty_like(x0) for _ in range(world)]
-    noise_all = [torch.empty_like(noise) for _ in range(world)]
-    dist.all_gather(x0_all, x0.contiguous(), group=group)
-    dist.all_gather(noise_all, noise.contiguous(), group=group)
-    noise_all = torch.cat(noise_all)  # (world*b, C, H, W)
-    groups = None
-    if labels is not None:
-        labels_all = [torch.empty_like(labels) for _ in range(world)]
-        dist.all_gather(labels_all, labels.contiguous(), group=group)
-        groups = torch.cat(labels_all)
-    if rank == 0:
-        perm = assignment_permutation(torch.cat(x0_all), noise_all, method, groups=groups, **options).to(x0.device)
-    else:
-        perm = torch.empty(world * b, dtype=torch.long, device=x0.device)
-    dist.broadcast(perm, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-    return noise_all[perm[rank * b:(rank + 1) * b]]
 
 
 def draw_noise(x0: torch.Tensor, generator: torch.Generator, method: str = "exact", knn_k: int = 4,
