@@ -176,3 +176,28 @@ def test_two_processes_assign_over_the_global_batch_of_latents(tiny, tmp_path):
         for r in (0, 1):
             assert torch.equal(used[r][f"x0-{step}"], latents[idx[r * 4:(r + 1) * 4]])
             assert torch.equal(used[r][f"noise-{step}"], single[r * 4:(r + 1) * 4])
+
+
+def test_the_distance_notebook_measures_real_vae_latents(tiny, tmp_path):
+    """The notebook's `vae` parameter adds `vae_latents`: the distance change measured on the VAE's latents of the
+    same images (here the tiny VAE: 4x8x8 latents of 16x16 images)."""
+    import json as _json
+    import papermill as pm
+    import pandas as pd
+    from pathlib import Path
+    from immiscible.data import load_dataset
+    from immiscible.experiments.distance_reduction import measure_distance_reduction
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ValueError, match="needs encode="):
+        measure_distance_reduction(load_dataset(tiny["dataset"], "train", str(tiny["root"] / "data")), [4], 2,
+                                   representation="vae_latents")
+    pm.execute_notebook(str(root / "notebooks" / "distance_reduction.ipynb"), str(tmp_path / "out.ipynb"),
+                        parameters=dict(dataset=tiny["dataset"], data_dir=str(tiny["root"] / "data"),
+                                        batch_sizes=[4, 8], num_batches=3, representations=["pixels"],
+                                        vae=tiny["pretrained"], output_dir=str(tmp_path / "results")),
+                        kernel_name="python3", progress_bar=False)
+    table = pd.read_csv(tmp_path / "results" / "tables" / "distance_reduction.csv")
+    latents = table[table.representation == "vae_latents"]
+    assert list(latents.batch_size) == [4, 8] and (latents.dim == 4 * 8 * 8).all()
+    assert (latents.mean_distance_assigned <= latents.mean_distance_random).all()
+    assert _json.loads((tmp_path / "out.ipynb").read_text())["cells"]

@@ -61,10 +61,17 @@ def _dataset_moments(ds: ImageDataset) -> tuple[float, float]:
 
 def measure_distance_reduction(ds: ImageDataset, batch_sizes: list[int], num_batches: int, seed: int = 0,
                                representation: str = "pixels", method: str = "exact",
-                               dataset_name: str = "") -> pd.DataFrame:
-    """One row per batch size: mean distance with random and assigned pairing, relative change and its 95% CI."""
-    if representation not in REPRESENTATIONS:
-        raise ValueError(f"unknown representation {representation!r}; choose one of {list(REPRESENTATIONS)}")
+                               dataset_name: str = "", encode: Callable | None = None) -> pd.DataFrame:
+    """One row per batch size: mean distance with random and assigned pairing, relative change and its 95% CI.
+    ``representation="vae_latents"``: the real latents of a VAE, ``encode(images in [-1, 1]) -> latents``
+    (``immiscible.sd.latents.latent_encoder``), in place of the latent-shaped Gaussian stand-in."""
+    if representation == "vae_latents":
+        if encode is None:
+            raise ValueError("representation 'vae_latents' needs encode= (a VAE's encoder: "
+                             "immiscible.sd.latents.latent_encoder(pretrained)); the notebook's `vae` parameter")
+    elif representation not in REPRESENTATIONS:
+        raise ValueError(f"unknown representation {representation!r}; choose one of "
+                         f"{[*REPRESENTATIONS, 'vae_latents']}")
     bad = [b for b in batch_sizes if not isinstance(b, int) or b < 1]
     if bad:
         raise ValueError(f"batch sizes must be positive integers, got {bad}")
@@ -72,7 +79,7 @@ def measure_distance_reduction(ds: ImageDataset, batch_sizes: list[int], num_bat
         raise ValueError(f"num_batches must be >= 2 to give a confidence interval, got {num_batches}")
     if max(batch_sizes) > len(ds):
         raise ValueError(f"batch size {max(batch_sizes)} exceeds the dataset's {len(ds)} images")
-    transform = REPRESENTATIONS[representation]
+    transform = (lambda x, ds, g: encode(x)) if representation == "vae_latents" else REPRESENTATIONS[representation]
     g = torch.Generator().manual_seed(seed)
     rows = []
     for B in tqdm(batch_sizes, desc=f"distance reduction ({representation})"):

@@ -35,6 +35,20 @@ def encode_images(vae, images: torch.Tensor, batch_size: int = 64, device: str =
     return torch.cat(out)
 
 
+def latent_encoder(pretrained: str, batch_size: int = 64, device: str | None = None):
+    """encode(x) -> scaled latents (float32, on the CPU) of images x in [-1, 1] (N, 3, H, W), by the VAE of
+    ``pretrained``: what the distance-reduction notebook measures as ``vae_latents``."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = load_vae(pretrained).to(device)
+
+    @torch.no_grad()
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        out = [vae.encode(x[i:i + batch_size].to(device, vae.dtype)).latent_dist.mean.float().cpu()
+               for i in range(0, len(x), batch_size)]
+        return torch.cat(out) * vae.config.scaling_factor
+    return encode
+
+
 def encode_dataset(pretrained: str, dataset: str, out: str | Path, split: str = "train", data_dir: str = "data",
                    resolution: int = 256, num_images: int = 0, batch_size: int = 64, device: str | None = None,
                    progress: bool = True, dtype: str = "float32") -> Path:
