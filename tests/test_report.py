@@ -1,0 +1,67 @@
+"""The reproduction report: the verdict rules, every row's numbers against the result tables (recomputed here from the
+per-seed FDs), and the Markdown/HTML written from the same rows with the figures embedded."""
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from immiscible.experiments import report as R
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_verdict_rules():
+    assert R.verdict(-2.0, -0.1, ratio=3.2, claimed=3.0) == "reproduced"
+    assert R.verdict(-2.0, -0.1, ratio=1.5, claimed=3.0).startswith("partly")
+    assert R.verdict(-2.0, -0.1) == "reproduced"                      # a claim without a speed-up factor
+    assert R.verdict(0.2, 1.0, ratio=1.0, claimed=3.0) == "not reproduced (worse)"
+    assert R.verdict(-1.0, 1.0) == "not reproduced (no resolvable difference)"
+    assert R.verdict(float("nan"), float("nan")).startswith("not resolvable")
+
+
+def _paired_t(a: np.ndarray, b: np.ndarray):
+    d = a - b
+    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return d.mean(), d.mean() - half, d.mean() + half, int((d < 0).sum())
+
+
+def test_rows_match_the_result_tables():
+    rows = {r["claim"]: r for r in R.build_rows(ROOT / "results")}
+    fid = pd.read_csv(ROOT / "results" / "tables" / "unconditional_fid.csv")
+    last = fid[fid.step == fid.step.max()]
+    exact = last[last.method == "exact"].set_index("seed").fd
+    vanilla = last[last.method == "vanilla"].set_index("seed").fd
+    mean, low, high, better = _paired_t(exact.to_numpy(), vanilla.loc[exact.index].to_numpy())
+    row = rows["up to 3x faster DDIM training, CIFAR-10 (unconditional)"]
+    assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}], {better}/{len(exact)} seeds better" in row["ours"]
+    assert row["verdict"] == R.verdict(low, high, 1.0, 3.0)
+    for name in ("finetuning", "class_conditional"):
+        f = pd.read_csv(ROOT / "results" / "tables" / f"{name}_fid.csv")
+        f = f[f.step == f.step.max()]
+        knn, ex = f[f.method == "knn"].set_index("seed").fd, f[f.method == "exact"].set_index("seed").fd
+        mean, low, high, better = _paired_t(knn.to_numpy(), ex.loc[knn.index].to_numpy())
+        label = {"finetuning": "fine-tuning", "class_conditional": "class-conditional"}[name]
+        r = rows[f"KNN beats linear assignment (follow-up): {label}"]
+        assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}], {better}/{len(knn)} seeds better" in r["ours"]
+        assert r["verdict"] == R.verdict(low, high)
+    assert rows["Stable Diffusion on ImageNet: from scratch and fine-tuning"]["verdict"] == "not run here"
+
+
+def test_report_files_are_written_from_the_rows(tmp_path):
+    shutil.copytree(ROOT / "results" / "tables", tmp_path / "tables")
+    (tmp_path / "figures").mkdir()
+    shutil.copy(ROOT / "results" / "figures" / "finetuning_fd_curves.png", tmp_path / "figures")
+    rows = R.write_report(tmp_path, figures=("finetuning_fd_curves", "missing_figure"))
+    md, page = (tmp_path / "REPORT.md").read_text(), (tmp_path / "report.html").read_text()
+    for r in rows:
+        assert r["verdict"] in md and r["claim"] in page
+    assert page.count("data:image/png;base64,") == 1  # the figure that exists, embedded
+    assert len(md.splitlines()) > len(rows)
+
+
+def test_without_tables_only_what_cannot_run_here_is_listed(tmp_path):
+    rows = R.build_rows(tmp_path)
+    assert {r["verdict"] for r in rows} == {"not run here"}
