@@ -65,3 +65,15 @@ def test_report_files_are_written_from_the_rows(tmp_path):
 def test_without_tables_only_what_cannot_run_here_is_listed(tmp_path):
     rows = R.build_rows(tmp_path)
     assert {r["verdict"] for r in rows} == {"not run here"}
+
+
+def test_the_readme_headline_intervals_are_the_reports():
+    """Every "mean [low, high]" in the README's headline table is a number of the generated report."""
+    import re
+    readme = (ROOT / "README.md").read_text()
+    headline = readme.split("## Headline results", 1)[1].split("\n## ", 1)[0]
+    report = (ROOT / "results" / "REPORT.md").read_text()
+    intervals = re.findall(r"[+-]\d+\.\d+ \[[+-]\d+\.\d+, [+-]\d+\.\d+\]", headline)
+    assert len(intervals) >= 6
+    for interval in intervals:
+        assert interval in report, f"README headline {interval!r} is not in results/REPORT.md"
