@@ -1,5 +1,6 @@
 """The reproduction report: the verdict rules, every row's numbers against the result tables (recomputed here from the
 per-seed FDs), and the Markdown/HTML written from the same rows with the figures embedded."""
+import html
 import shutil
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_report_files_are_written_from_the_rows(tmp_path):
     rows = R.write_report(tmp_path, figures=("finetuning_fd_curves", "missing_figure"))
     md, page = (tmp_path / "REPORT.md").read_text(), (tmp_path / "report.html").read_text()
     for r in rows:
-        assert r["verdict"] in md and r["claim"] in page
+        assert r["verdict"] in md and html.escape(r["claim"]) in page
     assert page.count("data:image/png;base64,") == 1  # the figure that exists, embedded
     assert len(md.splitlines()) > len(rows)
 
