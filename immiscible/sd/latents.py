@@ -11,7 +11,6 @@ the noise, and caching the mean makes the latents (and the assignment) a fixed f
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
@@ -63,11 +62,9 @@ def encode_dataset(pretrained: str, dataset: str, out: str | Path, split: str = 
     labels, classes = load_labels(dataset, split, data_dir, num_images)
     vae = load_vae(pretrained)
     latents = encode_images(vae, images, batch_size, device, progress).to(getattr(torch, dtype))
-    vae_weights = sorted(Path(pretrained, "vae").glob("*.safetensors")) if Path(pretrained).is_dir() else []
+    # no digest of the VAE here: a training run records the SHA-256 of this file, which the VAE determines
     meta = {"classes": json.dumps(classes), "scaling_factor": str(vae.config.scaling_factor),
-            "pretrained": str(pretrained), "dataset": str(dataset), "split": split, "resolution": str(resolution),
-            "vae_sha256": hashlib.sha256(b"".join(p.read_bytes() for p in vae_weights)).hexdigest() if vae_weights
-            else "hub"}
+            "pretrained": str(pretrained), "dataset": str(dataset), "split": split, "resolution": str(resolution)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda tmp: save_file({"latents": latents.contiguous(), "labels": labels}, tmp,

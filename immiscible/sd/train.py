@@ -11,7 +11,6 @@ classifier-free guidance. The text encoder is frozen, so each prompt is encoded 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from immiscible.config import choices, from_dict, load_profile, to_dict
 from immiscible.diffusion.losses import denoising_loss
 from immiscible.diffusion.objectives import sample_t
 from immiscible.diffusion.schedules import alphas_cumprod
+from immiscible.engine.checkpoints import snapshot_digest
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import end_distributed, train
 from immiscible.noise.source import METHODS
@@ -102,7 +102,7 @@ def train_sd(cfg: TrainConfig, sd: SDConfig, latents_path: str | Path, on_change
     unet = load_unet(sd.pretrained, sd.mode, cfg.seed)
     if sd.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    digest = hashlib.sha256(Path(latents_path).read_bytes()).hexdigest()
+    digest = snapshot_digest(latents_path)  # streamed: the cache can be larger than memory
     conditional = sd.conditioning == "class"
     cfg = check_config(replace(cfg, **scheduler_fields(sd.pretrained), dataset=str(latents_path),
                                num_classes=len(classes) if conditional or cfg.method == "exact_class" else 0,
