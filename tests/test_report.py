@@ -78,3 +78,40 @@ def test_the_readme_headline_intervals_are_the_reports():
     assert len(intervals) >= 6
     for interval in intervals:
         assert interval in report, f"README headline {interval!r} is not in results/REPORT.md"
+
+
+def _ablation_tables(folder: Path, diffs: dict, contrast: tuple) -> None:
+    """Synthetic ablation tables: ``diffs`` {(arm, variant): (mean, low, high)}; ``contrast`` (mean, low, high)."""
+    rows = [{"arm": arm, "variant": variant, "step": 800, "resolution": 8 if arm == "px8" else 16,
+             "objective": "flow" if arm == "flow" else "eps", "knn_k": 0, "distance_change_pct": -1.0 - i,
+             "n_pairs": 3, "fd_vanilla": 10.0, "fd_diff_mean": m, "fd_diff_ci_low": lo, "fd_diff_ci_high": hi,
+             "fd_n_better": 1, "fd_ratio_mean": 1 + m / 10, "fd_ratio_ci_low": 1 + lo / 10,
+             "fd_ratio_ci_high": 1 + hi / 10} for i, ((arm, variant), (m, lo, hi)) in enumerate(diffs.items())]
+    (folder / "tables").mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(folder / "tables" / "ablation_paired.csv", index=False)
+    m, lo, hi = contrast
+    pd.DataFrame([{"arm": "px8", "reference": "base", "variant": "exact", "step": 800, "n_pairs": 3,
+                   "ratio_of_ratios_mean": m, "ratio_of_ratios_ci_low": lo, "ratio_of_ratios_ci_high": hi}]).to_csv(
+        folder / "tables" / "ablation_contrasts.csv", index=False)
+
+
+@pytest.mark.parametrize("diffs, contrast, expected", [
+    ({("base", "exact"): (1.0, 0.5, 1.5), ("base", "knn2"): (0.5, 0.1, 0.9), ("base", "knn8"): (-1.0, -1.5, -0.5),
+      ("flow", "exact"): (0.5, 0.1, 0.9),
+      ("flow", "knn8"): (-0.2, -1.0, 0.6), ("px8", "exact"): (2.0, 1.5, 2.5)}, (1.1, 1.02, 1.2),
+     {"k sweep": "partly (better than vanilla: knn8)", "LA": "reproduced (worse than vanilla)",
+      "KNN": "not reproduced (no resolvable difference)", "dimension": "supported (costlier at 8 px)"}),
+    ({("base", "exact"): (1.0, 0.5, 1.5), ("base", "knn2"): (-1.0, -1.5, -0.5), ("base", "knn8"): (-1.0, -1.5, -0.5), ("flow", "exact"): (-0.5, -0.9, -0.1),
+      ("flow", "knn8"): (-0.5, -0.9, -0.1), ("px8", "exact"): (0.0, -1.0, 1.0)}, (0.9, 0.8, 0.95),
+     {"k sweep": "reproduced", "LA": "not reproduced (better than vanilla here)", "KNN": "reproduced",
+      "dimension": "contradicted (cheaper at 8 px)"}),
+])
+def test_ablation_rows_follow_the_rules(tmp_path, diffs, contrast, expected):
+    _ablation_tables(tmp_path, diffs, contrast)
+    rows = R.ablation_rows(tmp_path)
+
+    def verdict_of(prefix):
+        return next(r["verdict"] for r in rows if r["claim"].startswith(prefix))
+    got = {"k sweep": verdict_of("KNN at every k"), "LA": verdict_of("flow matching: linear"),
+           "KNN": verdict_of("flow matching: KNN"), "dimension": verdict_of("hypothesis")}
+    assert got == expected

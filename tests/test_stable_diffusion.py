@@ -2,6 +2,11 @@
 the prompts and prompt dropout, the noise assigned on the latents and used in the loss, fine-tuning that starts from
 the given UNet (and from-scratch training that does not), the run's settings guarded on resume, and sampling through
 the diffusers pipeline with the trained UNet."""
+import importlib.machinery
+import importlib.util
+import json
+import sys
+import types
 from dataclasses import replace
 
 import numpy as np
@@ -49,6 +54,37 @@ def test_the_latent_cache_holds_scaled_posterior_means(tiny):
     assert latents.shape == (24, 4, 8, 8) and torch.allclose(latents[:4], expected, atol=1e-5)
     assert classes == ["bright", "dark"] and labels.tolist() == sorted(labels.tolist())
     assert float(meta["scaling_factor"]) == vae.config.scaling_factor
+
+
+def _rss_mb() -> dict:
+    """This process's resident memory in MiB: anonymous (its own copies) and file-backed (shared page cache)."""
+    values = {}
+    for line in open("/proc/self/status"):
+        if line.startswith(("RssAnon:", "RssFile:")):
+            key, value = line.split(":")
+            values[key] = int(value.split()[0]) / 1024
+    if len(values) < 2:
+        pytest.skip("no RssAnon/RssFile in /proc/self/status")
+    return values
+
+
+def test_the_latent_cache_is_memory_mapped_not_copied(tmp_path):
+    """Every training process reads the latents from the same file pages (ImageNet at 256 px: 10.5 GB in float16):
+    reading all of them grows the file-backed memory, not the process's own."""
+    from safetensors.torch import save_file
+    path = tmp_path / "big.safetensors"
+    stored = torch.randn(8192, 4, 32, 32, generator=torch.Generator().manual_seed(0)).half()   # 64 MiB
+    save_file({"latents": stored, "labels": torch.arange(8192) % 3}, str(path), metadata={"classes": '["a","b","c"]'})
+    idx = torch.tensor([5, 4000, 8191, 17])
+    expected = stored[idx].clone()
+    del stored
+    before = _rss_mb()
+    latents, labels, classes, _ = load_latents(path)
+    total = sum(float(latents[i:i + 512].float().sum()) for i in range(0, len(latents), 512))   # touch every page
+    after = _rss_mb()
+    assert np.isfinite(total) and torch.equal(latents[idx], expected) and latents.dtype == torch.float16
+    assert after["RssFile"] - before["RssFile"] > 48           # the 64 MiB were read ...
+    assert after["RssAnon"] - before["RssAnon"] < 16           # ... from the shared page cache, not copied
 
 
 def test_prompts_per_class_and_the_empty_prompt():
@@ -102,6 +138,50 @@ def test_a_run_is_not_resumed_with_other_sd_settings(tiny):
     train_sd(_cfg(out, steps=2, checkpoint_every=2), sd, tiny["latents"])
     with pytest.raises(ValueError, match="settings"):
         train_sd(_cfg(out, steps=3), replace(sd, prompt_dropout=0.3), tiny["latents"])
+
+
+def _fake_module(monkeypatch, name: str, **attributes):
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+    for key, value in attributes.items():
+        setattr(module, key, value)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module
+
+
+def test_8bit_adam_is_the_optimizer_when_asked_for_and_recorded(tiny, monkeypatch):
+    sd = SDConfig(pretrained=tiny["pretrained"], optimizer="adamw8bit")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ImportError, match="pip install bitsandbytes"):
+            train_sd(_cfg(tiny["root"] / "no-bnb", steps=1), sd, tiny["latents"])
+    made = []
+
+    class AdamW8bit(torch.optim.AdamW):   # stands in for bitsandbytes.optim.AdamW8bit (same signature)
+        def __init__(self, params, lr, weight_decay):
+            made.append(lr)
+            super().__init__(params, lr=lr, weight_decay=weight_decay)
+    _fake_module(monkeypatch, "bitsandbytes", optim=types.SimpleNamespace(AdamW8bit=AdamW8bit))
+    out = tiny["root"] / "bnb"
+    train_sd(_cfg(out, steps=2, checkpoint_every=2, lr=3e-4), sd, tiny["latents"])
+    assert made == [3e-4]
+    recorded = json.loads((out / "train_config.json").read_text())["settings"]["stable_diffusion"]
+    assert recorded["optimizer"] == "adamw8bit"
+    with pytest.raises(ValueError, match="settings"):   # never resumed with the other optimizer's state
+        train_sd(_cfg(out, steps=3, lr=3e-4), replace(sd, optimizer="adamw"), tiny["latents"])
+
+
+def test_xformers_attention_when_asked_for(monkeypatch):
+    calls = []
+    unet = types.SimpleNamespace(enable_xformers_memory_efficient_attention=lambda: calls.append(1))
+    sd_train.set_attention(unet, SDConfig(pretrained="x"))                        # sdpa: diffusers' default
+    assert calls == []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(ImportError, match="pip install xformers"):
+        sd_train.set_attention(unet, SDConfig(pretrained="x", attention="xformers"))
+    monkeypatch.undo()
+    _fake_module(monkeypatch, "xformers")
+    sd_train.set_attention(unet, SDConfig(pretrained="x", attention="xformers"))
+    assert calls == [1]
 
 
 def test_sampling_goes_through_the_pipeline_with_the_trained_unet(tiny):

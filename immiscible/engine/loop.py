@@ -79,13 +79,15 @@ def training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str = "error", labels=None,
-          model=None, loss_fn=None) -> dict:
+          model=None, loss_fn=None, optimizer_cls=None) -> dict:
     """Train (or resume) one run into cfg.output_dir; returns a summary.
 
     ``images``: uint8 (N, C, H, W) to train on instead of loading cfg.dataset, or float (N, C, H, W) already in the
     model's space (VAE latents after scaling); ``labels``: (N,) class labels passed
     to ``loss_fn``; ``model``: a freshly built model instead of ``build_unet(cfg.model, ...)`` (built under the
-    run's seed by the caller); ``loss_fn``: the experiment's loss. ``on_change``: what to do when output_dir holds
+    run's seed by the caller); ``loss_fn``: the experiment's loss; ``optimizer_cls``: an optimizer class with
+    AdamW's signature (default ``torch.optim.AdamW``; e.g. bitsandbytes' 8-bit AdamW, which the caller records in
+    ``cfg.settings`` so that a resume checks it). ``on_change``: what to do when output_dir holds
     a run with a different config: "error" or "restart" (delete it and train from scratch, as a pipeline stage does).
     """
     if on_change not in ("error", "restart"):
@@ -133,7 +135,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
         loss_fn = make_denoising_loss(cfg.objective, cfg.num_train_timesteps, alphas_cumprod(cfg, device),
                                       cfg.label_dropout, null_label=cfg.num_classes)
     ema = EMAModel(model.parameters(), decay=cfg.ema_decay, model_cls=type(model), model_config=model.config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = (optimizer_cls or torch.optim.AdamW)(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Linear warmup then constant (ddpm-torch). Stepped by hand: accelerate would step it once per process.
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)

@@ -52,8 +52,8 @@ def encode_dataset(pretrained: str, dataset: str, out: str | Path, split: str = 
                    resolution: int = 256, num_images: int = 0, batch_size: int = 64, device: str | None = None,
                    progress: bool = True, dtype: str = "float32") -> Path:
     """Encode a dataset split into ``out`` (latents, labels; metadata: class names, scaling factor, sources).
-    ``dtype="float16"`` halves the file and the memory each training process holds (ImageNet at 256 px: about
-    21 GB in float32); training reads the latents as float32 either way."""
+    ``dtype="float16"`` halves the file and the page cache it needs (ImageNet at 256 px: about 21 GB in float32,
+    memory-mapped and shared by the processes of a machine); training reads the latents as float32 either way."""
     if dtype not in ("float32", "float16"):
         raise ValueError(f"dtype={dtype!r}; choose float32 or float16")
     from safetensors.torch import save_file
@@ -72,7 +72,10 @@ def encode_dataset(pretrained: str, dataset: str, out: str | Path, split: str = 
 
 
 def load_latents(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, list[str], dict]:
-    """(latents (N, C, h, w) float32, labels (N,), class names, metadata) of a latent cache."""
+    """(latents (N, C, h, w) as stored (float32 or float16), labels (N,), class names, metadata) of a latent cache.
+    safetensors memory-maps the file: the latents are not copied into the process; training reads a batch's pages
+    when it draws the batch, and all processes on a machine share the same page cache
+    (tests/test_stable_diffusion.py checks that reading them all grows file-backed memory, not the process's own)."""
     from safetensors import safe_open
     path = Path(path)
     if not path.is_file():

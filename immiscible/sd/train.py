@@ -39,6 +39,35 @@ class SDConfig:
     prompt_template: str = "a photo of a {}"
     prompt_dropout: float = 0.1           # share of prompts replaced by the empty prompt (classifier-free guidance)
     gradient_checkpointing: bool = False
+    # memory levers: attention "sdpa" (torch's scaled_dot_product_attention, diffusers' default processor) or
+    # "xformers" (needs the xformers package); optimizer "adamw" or "adamw8bit" (bitsandbytes' 8-bit AdamW: the
+    # optimizer state in 8 bits: about 5 GB less for the 860M-parameter SD v1 UNet)
+    attention: str = field(default="sdpa", metadata=choices("sdpa", "xformers"))
+    optimizer: str = field(default="adamw", metadata=choices("adamw", "adamw8bit"))
+
+
+def _require(module: str, setting: str, extra: str) -> None:
+    import importlib.util
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{setting} needs the {module} package, which is not installed: pip install {extra} "
+                          "(with the torch of constraints.txt), or drop the setting")
+
+
+def optimizer_class(sd: SDConfig):
+    """The optimizer class of ``sd.optimizer`` (same signature as torch.optim.AdamW)."""
+    if sd.optimizer == "adamw8bit":
+        _require("bitsandbytes", "optimizer=adamw8bit", "bitsandbytes")
+        import bitsandbytes
+        return bitsandbytes.optim.AdamW8bit
+    return torch.optim.AdamW
+
+
+def set_attention(unet, sd: SDConfig):
+    """SDPA is diffusers' default attention processor on torch 2; xformers replaces it when asked for."""
+    if sd.attention == "xformers":
+        _require("xformers", "attention=xformers", "xformers")
+        unet.enable_xformers_memory_efficient_attention()
+    return unet
 
 
 def check_sd_config(sd: SDConfig) -> SDConfig:
@@ -102,6 +131,8 @@ def train_sd(cfg: TrainConfig, sd: SDConfig, latents_path: str | Path, on_change
     unet = load_unet(sd.pretrained, sd.mode, cfg.seed)
     if sd.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    set_attention(unet, sd)
+    optimizer = optimizer_class(sd)
     digest = snapshot_digest(latents_path)  # streamed: the cache can be larger than memory
     conditional = sd.conditioning == "class"
     cfg = check_config(replace(cfg, **scheduler_fields(sd.pretrained), dataset=str(latents_path),
@@ -110,7 +141,7 @@ def train_sd(cfg: TrainConfig, sd: SDConfig, latents_path: str | Path, on_change
     loss_fn = make_text_loss(cfg.objective, cfg.num_train_timesteps, alphas_cumprod(cfg), embeddings,
                              sd.prompt_dropout if conditional else 0.0)
     return train(cfg, images=latents, labels=labels if cfg.num_classes else None, model=unet, loss_fn=loss_fn,
-                 on_change=on_change)
+                 on_change=on_change, optimizer_cls=optimizer)
 
 
 def settings(params: str, profile: str, overrides: dict | None = None,

@@ -1,0 +1,120 @@
+"""Every measured number in the README's result sections comes from the result files the pipeline wrote.
+
+Each "### ..." section under "## Results" names its tables (``results/tables/<name>.csv``, wildcards allowed). Every
+number with two or more decimals in the section must be, at the precision written, a value of those tables: a cell,
+a seed mean or standard deviation per method and step, the paired interval of any two methods of a
+fid table, a percentage or a ms -> s conversion of one, the distance
+change of a training table, a number of the generated report, or a setting in params.yaml. Numbers quoted from the
+papers are listed below with their source; anything else fails the test with the section and the number.
+"""
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from immiscible.evaluation.statistics import paired_differences
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d{2,}(?!\d)")
+TABLE = re.compile(r"([a-z0-9_]+(?:_\*)?)\.csv")
+GROUP_KEYS = ("arm", "variant", "method", "step", "sample_steps", "noise", "t")
+
+# quoted from the paper, its follow-up or peers (not measured here), with where they come from
+QUOTED = {
+    "Unconditional training": {"2.78": "the t quantile of a 95% interval with 4 degrees of freedom"},
+    "Consistency models": {"10.22": "follow-up: consistency CIFAR-10 FID, vanilla",
+                           "0.00054": "iCT's pseudo-Huber constant", "0.99993": "iCT's EMA decay",
+                           "0.821": "iCT's intermediate sigma of two-step sampling"},
+    "Class-conditional training": {"4.14": "peer (minibatch OT): class-conditional FID with OT",
+                                   "2.92": "peer: plain", "2.90": "peer: class-aware OT"},
+}
+
+
+def _params_numbers() -> list[float]:
+    def walk(o):
+        if isinstance(o, dict):
+            for v in o.values():
+                yield from walk(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from walk(v)
+        elif isinstance(o, (int, float)) and not isinstance(o, bool):
+            yield float(o)
+    return list(walk(yaml.safe_load((ROOT / "params.yaml").read_text())))
+
+
+def _values(files: list[Path]) -> np.ndarray:
+    out = [np.array(_params_numbers())]
+    report = ROOT / "results" / "REPORT.md"
+    if report.exists():
+        out.append(np.array([float(x) for x in NUMBER.findall(report.read_text())]))
+    for path in files:
+        df = pd.read_csv(path)
+        numeric = df.select_dtypes("number")
+        out.append(numeric.to_numpy(float).ravel())
+        keys = [k for k in GROUP_KEYS if k in df.columns]
+        if "seed" in df.columns and keys:
+            cols = [c for c in numeric.columns if c not in keys and c != "seed"]
+            grouped = df.groupby(keys)[cols]
+            out += [grouped.mean().to_numpy(float).ravel(), grouped.std(ddof=1).to_numpy(float).ravel()]
+        if path.name.endswith("_fid.csv") and {"method", "seed", "step", "fd"} <= set(df.columns):
+            for sub in ([df] if "sample_steps" not in df else [g for _, g in df.groupby("sample_steps")]):
+                for baseline in set(sub.method):   # the paired interval of every method pair
+                    p = paired_differences(sub, ("fd",), baseline=baseline)
+                    if len(p):
+                        out.append(p[["fd_diff_mean", "fd_diff_ci_low", "fd_diff_ci_high"]].to_numpy(float).ravel())
+        if {"dist_before", "dist_after"} <= set(df.columns):
+            for _, rows in df.groupby("method") if "method" in df.columns else [(None, df)]:
+                out.append(np.array([100 * (rows.dist_after.mean() / rows.dist_before.mean() - 1)]))
+    values = np.concatenate(out)
+    values = values[np.isfinite(values)]
+    return np.concatenate([values, 100 * values, values / 1000])
+
+
+def _sections() -> list[tuple[str, str]]:
+    readme = (ROOT / "README.md").read_text()
+    results = readme.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    return [(part.splitlines()[0], part) for part in results.split("\n### ")[1:]]
+
+
+def _unmatched(text: str, values: np.ndarray, quoted: dict) -> list[str]:
+    missing = []
+    for m in NUMBER.finditer(text):
+        written = m.group(0)
+        if text[m.end():m.end() + 1] == "M" or written.lstrip("+") in quoted:   # "1.05M" parameters; quotes
+            continue
+        tol = 0.5 * 10 ** -len(written.split(".")[1]) + 1e-9
+        if not np.any(np.abs(np.abs(values) - abs(float(written))) <= tol):
+            missing.append(written)
+    return missing
+
+
+def test_every_result_section_names_tables_that_exist():
+    sections = _sections()
+    assert len(sections) >= 7
+    for title, text in sections:
+        names = set(TABLE.findall(title))
+        assert names, f"README section {title!r} names no result table in its heading"
+        for name in names:
+            assert list((ROOT / "results" / "tables").glob(f"{name}.csv")), f"{title!r}: no {name}.csv"
+
+
+def test_every_number_of_the_result_sections_is_in_the_result_files():
+    problems = {}
+    for title, text in _sections():
+        files = sorted({p for name in TABLE.findall(text) for p in (ROOT / "results" / "tables").glob(f"{name}.csv")})
+        quoted = next((q for prefix, q in QUOTED.items() if title.startswith(prefix)), {})
+        missing = _unmatched(text, _values(files), quoted)
+        if missing:
+            problems[title] = missing
+    assert not problems, f"README numbers not found in the result files: {problems}"
+
+
+def test_the_check_catches_a_number_that_is_not_in_the_tables():
+    title, text = _sections()[0]
+    files = sorted({p for name in TABLE.findall(text) for p in (ROOT / "results" / "tables").glob(f"{name}.csv")})
+    values = _values(files)
+    assert _unmatched(text, values, {}) == []
+    assert _unmatched(text + " a changed value: -1.61%", values, {}) == ["-1.61"]
