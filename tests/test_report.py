@@ -49,6 +49,16 @@ def test_rows_match_the_result_tables():
         assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}], {better}/{len(knn)} seeds better" in r["ours"]
         assert r["verdict"] == R.verdict(low, high)
     assert rows["Stable Diffusion on ImageNet: from scratch and fine-tuning"]["verdict"] == "not run here"
+    # the ablation's coupling row: the KNN variant with the largest distance cut against exact, paired by seed
+    fid = pd.read_csv(ROOT / "results" / "tables" / "ablation_fid.csv")
+    training = pd.read_csv(ROOT / "results" / "tables" / "ablation_training.csv")
+    base = training[(training.arm == "base") & (training.method == "knn")]
+    strongest = base.groupby("variant").distance_change_pct.mean().idxmin()
+    last = fid[(fid.arm == "base") & (fid.step == fid.step.max())]
+    knn, ex = last[last.variant == strongest].set_index("seed").fd, last[last.variant == "exact"].set_index("seed").fd
+    mean, low, high, better = _paired_t(knn.to_numpy(), ex.loc[knn.index].to_numpy())
+    row = next(r for c, r in rows.items() if "grows with the coupling strength" in c)
+    assert f"FD {strongest} - exact" in row["ours"] and f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" in row["ours"]
 
 
 def test_report_files_are_written_from_the_rows(tmp_path):
