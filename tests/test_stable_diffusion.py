@@ -80,11 +80,12 @@ def test_the_latent_cache_is_memory_mapped_not_copied(tmp_path):
     del stored
     before = _rss_mb()
     latents, labels, classes, _ = load_latents(path)
-    total = sum(float(latents[i:i + 512].float().sum()) for i in range(0, len(latents), 512))   # touch every page
+    total = sum(float(latents[i:i + 64].float().sum()) for i in range(0, len(latents), 64))   # touch every page
     after = _rss_mb()
     assert np.isfinite(total) and torch.equal(latents[idx], expected) and latents.dtype == torch.float16
     assert after["RssFile"] - before["RssFile"] > 48           # the 64 MiB were read ...
-    assert after["RssAnon"] - before["RssAnon"] < 16           # ... from the shared page cache, not copied
+    assert after["RssAnon"] - before["RssAnon"] < 32           # ... from the shared page cache, not copied (a copy
+                                                               # would add 64 MiB of the process's own memory)
 
 
 def test_prompts_per_class_and_the_empty_prompt():
