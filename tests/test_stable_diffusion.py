@@ -282,3 +282,12 @@ def test_the_distance_notebook_measures_real_vae_latents(tiny, tmp_path):
     assert list(latents.batch_size) == [4, 8] and (latents.dim == 4 * 8 * 8).all()
     assert (latents.mean_distance_assigned <= latents.mean_distance_random).all()
     assert _json.loads((tmp_path / "out.ipynb").read_text())["cells"]
+
+
+def test_sampling_refuses_a_folder_without_a_stable_diffusion_run(tmp_path):
+    from immiscible.sd.sample import run_sd_settings
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        run_sd_settings(tmp_path)
+    (tmp_path / "train_config.json").write_text(json.dumps({"method": "exact", "settings": {}}))
+    with pytest.raises(ValueError, match="not a Stable Diffusion run"):
+        run_sd_settings(tmp_path)
