@@ -9,7 +9,7 @@ If so, the cost should grow with the coupling strength at a fixed cost (KNN's k,
 Arms (params.yaml ``ablation.arms``), each with its own vanilla and the same seeds (paired: same init, data order,
 noise draws; ``ablation_train``):
 - ``base``: the unconditional setting at the ablation's step; vanilla and exact are the unconditional runs;
-  KNN with k = 2, 8, 32: the coupling strength at the same cost;
+  KNN with k = 2, 4, 8, 16, 32: the coupling strength at the same cost;
 - ``px8``: 8x8 images (a quarter of the dimension), vanilla / exact / knn8;
 - ``flow``: the flow-matching objective (the follow-up: KNN FID 3.56 vs vanilla 4.92 vs linear assignment 5.02).
 
