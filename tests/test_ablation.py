@@ -146,3 +146,17 @@ def test_ablation_end_to_end_with_its_notebook(tmp_path):
                         parameters=dict(output_dir=exp.output_dir), kernel_name="python3", progress_bar=False)
     written = pd.read_csv(exp.table("paired"))
     assert len(written) == len(paired)
+
+
+def test_an_arm_is_evaluated_only_at_the_ablation_step(tmp_path):
+    """Every comparison is made at the ablation's step, so earlier snapshots (and the later ones of reused runs) are
+    not evaluated."""
+    path = _params(tmp_path, tmp_path / "none")
+    exp = A.setup("smoke", str(path), checkpoint_dir=str(tmp_path / "ckpt"), reuse_root=str(tmp_path / "reuse"))
+    arm = exp.arms["flow"]
+    for run, seed, folder in arm.folders:
+        (Path(folder) / "snapshots").mkdir(parents=True)
+        for step in (1, 3, 6):
+            (Path(folder) / "snapshots" / f"ema-{step:07d}.safetensors").write_bytes(b"x")
+    assert arm.train.steps == 3
+    assert {t[2] for t in U.snapshots_to_evaluate(arm)} == {3}

@@ -22,13 +22,18 @@ TABLE = re.compile(r"([a-z0-9_]+(?:_\*)?)\.csv")
 GROUP_KEYS = ("arm", "variant", "method", "step", "sample_steps", "noise", "t")
 
 # quoted from the paper, its follow-up or peers (not measured here), with where they come from
+EARLIER_1200 = "the class-conditional experiment's earlier 1200-step version (its class_conditional_paired.csv at step 1200)"
 QUOTED = {
-    "Unconditional training": {"2.78": "the t quantile of a 95% interval with 4 degrees of freedom"},
+    "Unconditional training": {"2.78": "the t quantile of a 95% interval with 4 degrees of freedom",
+                               "4.30": "the t quantile of a 95% interval with 2 degrees of freedom"},
     "Consistency models": {"10.22": "follow-up: consistency CIFAR-10 FID, vanilla",
+                           "9.16": "follow-up: KNN", "8.54": "follow-up: linear assignment",
                            "0.00054": "iCT's pseudo-Huber constant", "0.99993": "iCT's EMA decay",
                            "0.821": "iCT's intermediate sigma of two-step sampling"},
     "Class-conditional training": {"4.14": "peer (minibatch OT): class-conditional FID with OT",
-                                   "2.92": "peer: plain", "2.90": "peer: class-aware OT"},
+                                   "2.92": "peer: plain", "2.90": "peer: class-aware OT",
+                                   **{v: EARLIER_1200 for v in ("1.95", "1.38", "2.52", "-0.08", "-0.82", "0.65",
+                                                                "0.15", "-0.84", "1.14")}},
 }
 
 

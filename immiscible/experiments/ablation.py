@@ -49,6 +49,10 @@ class ArmExperiment(U.Experiment):
     def run_dir(self, method: str, seed: int) -> Path:
         return Path(dict(((r, s), f) for r, s, f in self.folders)[(method, seed)])
 
+    def evaluates(self, step: int) -> bool:
+        """Only the ablation's step: every comparison is made there (and earlier snapshots cost budget)."""
+        return step == self.train.steps
+
 
 @dataclass(frozen=True)
 class AblationExperiment:

@@ -1,52 +1,72 @@
 """The slides' last-step figure, made informative: "at the last diffusion step, vanilla's prediction is trivial,
 immiscible's denoises clearly". For an eps-prediction model the x0-prediction at t=T-1 divides the eps error by
 sqrt(alpha_bar_T) = 0.006, so both models' predictions are clipped noise and the picture shows nothing either way
-(the unconditional experiment's `last_step` table). Here the same comparison uses models trained with the v objective,
-whose x0-prediction is well-conditioned at every t: vanilla vs exact, the distance of the prediction to the truth
-(assigned and random noise), and the dataset mean image's distance for reference.
+(the unconditional experiment's `last_step` table). Here the same comparison uses the ablation's flow-matching runs
+(arm ``flow``: the unconditional setting with the rectified-flow objective), whose x0-prediction ``x_t - t v`` is
+well-conditioned at every t, up to t = 1 where x_t is the noise itself: vanilla vs exact, the distance of the
+prediction to the truth (assigned and random noise), and the dataset mean image's distance for reference. No training
+of its own: it reads the runs of ``train_ablation@<arm>-<variant>-<seed>``.
 
-    python -m immiscible.engine --group v_objective --profile cpu --method exact --seed 0 --output-dir ...
-    python -m immiscible.experiments.last_step          # DVC stage last_step: results/tables/v_objective_last_step.csv
+    python -m immiscible.experiments.last_step          # DVC stage last_step: results/tables/flow_last_step.csv
 """
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pandas as pd
 
-from immiscible.config import load_yaml_group
-from immiscible.experiments import unconditional as U
+from immiscible.config import from_dict, load_profile, load_yaml_group, to_dict
+from immiscible.experiments import ablation as A, unconditional as U
 
-GROUP = "v_objective"
+GROUP = "last_step"
 
 
-def setup(profile: str = "smoke", params: str = "params.yaml", checkpoint_dir: str = "checkpoints/v_objective",
-          **kwargs) -> U.Experiment:
-    """The runs of params.yaml's ``v_objective`` group (arguments as ``unconditional.setup``)."""
-    exp = U.setup(profile, params=params, checkpoint_dir=checkpoint_dir, group_name=GROUP, **kwargs)
-    if exp.train.objective not in ("v", "x0", "flow"):
-        raise ValueError(f"profile {profile!r} of {GROUP}: objective {exp.train.objective!r}; the last-step "
-                         "comparison needs a well-conditioned x0-prediction (v, x0 or flow)")
-    return exp
+def setup(profile: str = "smoke", params: str = "params.yaml", data_dir: str = "data",
+          ablation_dir: str = "checkpoints/ablation", checkpoint_dir: str = "checkpoints/last_step",
+          output_dir: str = "results", dataset: str | None = None) -> U.Experiment:
+    """The comparison of params.yaml's ``last_step`` group: its ``variants`` of the ablation arm ``arm`` (all the
+    ablation's seeds), at the ablation's profile; predictions go to ``checkpoint_dir``, the table and figure to
+    ``output_dir`` as ``<arm>_last_step``."""
+    group, p = load_profile(params, GROUP, profile)
+    arm_name, variants = group.get("arm", "flow"), tuple(group.get("variants", ("vanilla", "exact")))
+    ab = A.setup(profile, params=params, dataset=dataset, data_dir=data_dir, checkpoint_dir=ablation_dir)
+    if arm_name not in ab.arms:
+        raise ValueError(f"{GROUP}.arm {arm_name!r} is not an arm with runs in params.yaml ablation; arms: "
+                         f"{sorted(ab.arms)}")
+    arm = ab.arms[arm_name]
+    runs = tuple(f"{arm_name}-{v}" for v in variants)
+    missing = [r for r in runs if r not in arm.methods]
+    if missing or "vanilla" not in variants:
+        raise ValueError(f"{GROUP}.variants {list(variants)}: need vanilla and runs of ablation.runs; "
+                         f"{missing or 'vanilla'} missing (arm {arm_name!r} has {list(arm.methods)})")
+    if arm.train.objective not in ("v", "x0", "flow"):
+        raise ValueError(f"{GROUP}.arm {arm_name!r}: objective {arm.train.objective!r}; the last-step comparison "
+                         "needs a well-conditioned x0-prediction (v, x0 or flow)")
+    eval_cfg = from_dict(U.EvalConfig, {**to_dict(arm.eval), **(p.get("eval") or {})})
+    return replace(arm, methods=runs, eval=eval_cfg, checkpoint_dir=str(checkpoint_dir), output_dir=str(output_dir),
+                   name=arm_name)
 
 
 def evaluate(exp: U.Experiment) -> pd.DataFrame:
-    """The last-step table (and the predictions the figure shows) of the group's final models."""
+    """The last-step table (and the predictions the figure shows) of the runs' final models."""
     exp.eval_dir.mkdir(parents=True, exist_ok=True)
     return U.last_step(exp)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Last-step predictions of v-objective models, vanilla vs exact.")
-    p.add_argument("--profile", default=None, help=f"default: params.yaml {GROUP}.profile")
+    p = argparse.ArgumentParser(description="Last-step predictions of the ablation's flow-matching runs, vanilla vs "
+                                            "exact.")
+    p.add_argument("--profile", default=None, help=f"default: params.yaml {A.GROUP}.profile")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data-dir", default="data")
-    p.add_argument("--checkpoint-dir", default="checkpoints/v_objective")
+    p.add_argument("--ablation-dir", default="checkpoints/ablation")
+    p.add_argument("--checkpoint-dir", default="checkpoints/last_step")
     p.add_argument("--output-dir", default="results")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
-    exp = setup(profile, params=a.params, data_dir=a.data_dir, checkpoint_dir=a.checkpoint_dir,
-                output_dir=a.output_dir)
+    profile = a.profile or load_yaml_group(a.params, A.GROUP).get("profile", "cpu")
+    exp = setup(profile, params=a.params, data_dir=a.data_dir, ablation_dir=a.ablation_dir,
+                checkpoint_dir=a.checkpoint_dir, output_dir=a.output_dir)
     print(U.summarize_last_step(evaluate(exp)).round(3).to_string())
 
 

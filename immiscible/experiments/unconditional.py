@@ -74,6 +74,10 @@ class Experiment:
     def run_dir(self, method: str, seed: int) -> Path:
         return Path(self.checkpoint_dir) / self.profile / f"{method}-{seed}"
 
+    def evaluates(self, step: int) -> bool:
+        """Whether the snapshot of ``step`` is evaluated: every one up to the profile's steps."""
+        return step <= self.train.steps
+
     def run_config(self, method: str, seed: int) -> TrainConfig:
         return replace(self.train, method=method, seed=seed, output_dir=str(self.run_dir(method, seed)))
 
@@ -235,12 +239,12 @@ def eval_key(snapshot: Path, exp: Experiment, extractor_key: str, ref_key: str, 
 
 
 def snapshots_to_evaluate(exp: Experiment) -> list[tuple]:
-    """(method, seed, step, snapshot path, is the run's last) for every EMA snapshot of every run, up to the
-    profile's steps; a run without snapshots is an error that names its training stage."""
+    """(method, seed, step, snapshot path, is the run's last) for every EMA snapshot of every run that
+    ``exp.evaluates``; a run without such snapshots is an error that names its training stage."""
     todo = []
     for method in exp.methods:
         for seed in exp.seeds:
-            snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if s <= exp.train.steps}
+            snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if exp.evaluates(s)}
             if not snaps:
                 raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first "
                                         f"(`dvc repro train_{exp.name}`)")
