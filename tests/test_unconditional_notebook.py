@@ -158,3 +158,13 @@ def test_changing_a_training_parameter_changes_the_fd_rows(tmp_path):
                   classifier_root=str(tmp_path / "ckpt" / "classifier"))
     fewer = U.evaluate(U.replace(exp, eval=U.replace(exp.eval, num_samples=24)))
     assert not np.allclose(fewer.fd, changed.fd) and (fewer.num_samples == 24).all()
+
+
+def test_training_time_adds_up_the_stretches_of_a_resumed_run(tmp_path):
+    """The engine's elapsed time restarts when a run resumes; the training tables count every stretch once (the last
+    logged value of each), so a resumed run's steps/s is not inflated."""
+    rows = [{"step": s, "elapsed_s": e} for s, e in ((1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 0.5), (6, 1.5))]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    log = U.read_log(tmp_path)
+    assert U.training_seconds(log) == 5.5
+    assert U.training_seconds(log.iloc[:4]) == 4.0      # never resumed: the last value

@@ -126,7 +126,7 @@ def coupling_table(exp: AblationExperiment) -> pd.DataFrame:
                              "dist_before": log.dist_before.mean(), "dist_after": log.dist_after.mean(),
                              "distance_change_pct": 100 * (log.dist_after.mean() / log.dist_before.mean() - 1),
                              "final_loss": log.loss.iloc[-1],
-                             "steps_per_s": log.step.iloc[-1] / log.elapsed_s.iloc[-1]})
+                             "steps_per_s": log.step.iloc[-1] / U.training_seconds(log)})
     return pd.DataFrame(rows)
 
 

@@ -203,7 +203,7 @@ def write_pretrain_table(exp: FinetuneExperiment) -> pd.DataFrame:
     log = U.read_log(exp.pretrain_dir)
     table = pd.DataFrame([{"classes": " ".join(map(str, exp.pretrain.classes)) or "all",
                            "steps": int(log.step.iloc[-1]), "final_loss": log.loss.iloc[-1],
-                           "train_s": log.elapsed_s.iloc[-1],
+                           "train_s": U.training_seconds(log),
                            "weights_sha256": weights_digest(init_weights_path(exp.pretrain_dir))[:16]}])
     U.write_csv(table, exp.table("pretrain"))
     return table

@@ -151,6 +151,15 @@ def read_log(run_dir: Path) -> pd.DataFrame:
     return pd.read_json(path, lines=True)
 
 
+def training_seconds(log: pd.DataFrame) -> float:
+    """Seconds of training behind a run's logged steps. The engine's elapsed time restarts when a run resumes (the log
+    is cut back to the checkpoint it resumes from), so each stretch's last value counts once; a stretch starts where
+    the elapsed time falls (a resumed stretch's first row comes a few steps after its start)."""
+    elapsed = log.elapsed_s.to_numpy(float)
+    ends = np.append(elapsed[1:] < elapsed[:-1], True)
+    return float(elapsed[ends].sum())
+
+
 def training_table(exp: Experiment) -> pd.DataFrame:
     """One row per run, from its log: final loss, mean image-noise distance before/after the assignment, its ms,
     the batch it ran on, training seconds and steps/s."""
@@ -161,8 +170,8 @@ def training_table(exp: Experiment) -> pd.DataFrame:
             rows.append({"method": method, "seed": seed, "steps": int(log.step.iloc[-1]),
                          "final_loss": log.loss.iloc[-1], "dist_before": log.dist_before.mean(),
                          "dist_after": log.dist_after.mean(), "assign_ms": log.assign_ms.mean(),
-                         "assign_batch": int(log.assign_batch.iloc[-1]), "train_s": log.elapsed_s.iloc[-1],
-                         "steps_per_s": log.step.iloc[-1] / log.elapsed_s.iloc[-1]})
+                         "assign_batch": int(log.assign_batch.iloc[-1]), "train_s": training_seconds(log),
+                         "steps_per_s": log.step.iloc[-1] / training_seconds(log)})
     return pd.DataFrame(rows)
 
 
