@@ -49,9 +49,9 @@ def _table(results: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def _steps(paired: pd.DataFrame) -> int:
-    """The last evaluated training step of a paired table (the setting the row's numbers come from)."""
-    return int(paired.step.max())
+def _steps_seeds(paired: pd.DataFrame) -> str:
+    """"<last evaluated step> steps, <pairs> seeds" of a paired table: the setting its row's numbers come from."""
+    return f"{int(paired.step.max())} steps, {int(paired.n_pairs.max())} seeds"
 
 
 def _interval(row) -> str:
@@ -114,16 +114,15 @@ def build_rows(results: str | Path = "results", last_step_arm: str = "flow") -> 
     u, ue = _table(results, "unconditional_paired"), _table(results, "unconditional_efficiency")
     if u is not None:
         rows.append(speedup_row("up to 3x faster DDIM training, CIFAR-10 (unconditional)", "about 3x fewer steps "
-                                "to the same FID", f"16x16 CIFAR-10, 1.05M UNet, {_steps(u)} steps, "
-                                f"{int(u.n_pairs.max())} seeds, proxy FD",
+                                "to the same FID", f"16x16 CIFAR-10, 1.05M UNet, {_steps_seeds(u)}, proxy FD",
                                 u, ue, "exact", 3.0))
     c, ce = _table(results, "consistency_paired"), _table(results, "consistency_efficiency")
     if c is not None:
         for steps in sorted(set(c.sample_steps)):
             sub, esub = c[c.sample_steps == steps], None if ce is None else ce[ce.sample_steps == steps]
             rows.append(speedup_row(f"3x faster consistency training, CIFAR-10 ({steps}-step sampling)", "3x",
-                                    f"iCT from scratch, 16x16 CIFAR-10, {_steps(c)} steps, 3 seeds, proxy FD", sub, esub,
-                                    "exact", 3.0))
+                                    f"iCT from scratch, 16x16 CIFAR-10, {_steps_seeds(c)}, proxy FD", sub,
+                                    esub, "exact", 3.0))
     rows.append({"claim": "1.3x faster consistency training, CelebA", "paper": "1.3x", "ours": "-",
                  "setting": "CelebA is not available offline; the experiment takes any ImageFolder "
                             "(consistency.dataset)", "verdict": "not run here"})
@@ -132,7 +131,7 @@ def build_rows(results: str | Path = "results", last_step_arm: str = "flow") -> 
         for method, name in (("exact", "class-blind assignment (official)"), ("exact_class", "class-aware assignment")):
             if method in set(k.method):
                 rows.append(speedup_row(f"faster class-conditional training: {name}", "faster (SD on ImageNet)",
-                                        f"16x16 CIFAR-10, class embedding, guidance 1.5, {_steps(k)} steps, 3 seeds",
+                                        f"16x16 CIFAR-10, class embedding, guidance 1.5, {_steps_seeds(k)}",
                                         k, ke, method, 1.0))
     f, fe = _table(results, "finetuning_paired"), _table(results, "finetuning_efficiency")
     if f is not None:
@@ -140,7 +139,7 @@ def build_rows(results: str | Path = "results", last_step_arm: str = "flow") -> 
             if method in set(f.method):
                 rows.append(speedup_row(f"better fine-tuning: {'linear assignment' if method == 'exact' else 'KNN'}",
                                         paper, "pretrained on 5 CIFAR-10 classes, fine-tuned on the other 5, "
-                                        f"{_steps(f)} steps, 3 seeds", f, fe, method, None))
+                                        f"{_steps_seeds(f)}", f, fe, method, None))
     rows += knn_rows(results)
     rows += ablation_rows(results)
     m = _table(results, "knn_marginal")
