@@ -23,7 +23,7 @@ from immiscible.engine.config import TrainConfig
 from immiscible.engine.loop import train
 
 DEFAULT = ("checkpoints/unconditional/cpu/exact-0:400", "checkpoints/class_conditional/cpu/exact_class-0:400",
-           "checkpoints/finetuning/cpu/exact-0:200", "checkpoints/consistency/cpu/exact-0:500",
+           "checkpoints/finetuning/cpu/exact-0:200", "checkpoints/consistency/cpu/exact-0:400",
            "checkpoints/ablation/cpu/flow-exact-0:400", "checkpoints/ablation/cpu/px8-knn8-0:400")
 
 
