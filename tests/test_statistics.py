@@ -1,12 +1,13 @@
-"""Paired differences, steps-to-target with censoring and the median interval, on hand-made curves whose answer is
-known."""
+"""Paired differences, steps-to-target with censoring, the median interval and the trend of a paired gap over
+training steps, on hand-made curves whose answer is known."""
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from immiscible.evaluation.statistics import (efficiency_by_seed, efficiency_summary, median_interval,
-                                              paired_differences, steps_to_target, t_interval)
+from immiscible.evaluation.statistics import (crossover_step, efficiency_by_seed, efficiency_summary, median_interval,
+                                              paired_difference_curves, paired_differences, paired_slope_vs_log_step,
+                                              slope_vs_log_step, steps_to_target, t_interval, trend_verdict)
 
 
 def _table(values: dict) -> pd.DataFrame:
@@ -97,3 +98,119 @@ def test_t_interval_matches_scipy():
     mean, lo, hi = t_interval(x)
     ref = stats.t.interval(0.95, 3, loc=np.mean(x), scale=stats.sem(x))
     assert (lo, hi) == pytest.approx(ref) and mean == 3.5
+
+
+STEPS = (100, 200, 400, 800)
+T2 = stats.t.ppf(0.975, 2)   # 4.303: 3 seeds, 2 degrees of freedom
+
+
+def _trend_table(gaps: dict, steps=STEPS) -> pd.DataFrame:
+    """{seed: f(step) -> paired gap} -> vanilla and exact runs whose exact - vanilla is the gap; vanilla's own
+    curve differs by seed (paired out)."""
+    rows = []
+    for seed, gap in gaps.items():
+        for step in steps:
+            base = 30.0 - 3.0 * np.log(step + 1) + 5 * seed
+            rows += [{"method": "vanilla", "seed": seed, "step": step, "fd": base},
+                     {"method": "exact", "seed": seed, "step": step, "fd": base + gap(step)}]
+    return pd.DataFrame(rows)
+
+
+def _lines(intercepts, slopes, origin=100.0) -> dict:
+    """Gaps c + b ln(step / origin), one (c, b) per seed."""
+    return {s: (lambda step, c=c, b=b: c + b * np.log(step / origin)) for s, (c, b) in enumerate(zip(intercepts,
+                                                                                                       slopes))}
+
+
+def test_slope_vs_log_step_is_the_least_squares_line():
+    a, b = slope_vs_log_step([10, 100, 1000], [7.0, 5.0, 3.0])      # 7 - 2 log10(step / 10) = ... per ln(step)
+    assert b == pytest.approx(-2 / np.log(10)) and a + b * np.log(10) == pytest.approx(7.0)
+    ref = stats.linregress(np.log([100, 200, 400, 800]), [1.0, 3.0, 2.0, 5.0])
+    assert slope_vs_log_step([100, 200, 400, 800], [1.0, 3.0, 2.0, 5.0]) == pytest.approx((ref.intercept, ref.slope))
+
+
+@pytest.mark.parametrize("intercepts, slopes, trend", [
+    ((3, 3, 3), (-0.4, -0.5, -0.6), "shrinking"),      # +3 at step 100, down to +1.96 at step 800
+    ((-3, -3, -3), (0.4, 0.5, 0.6), "shrinking"),      # the same from below
+    ((1, 1, 1), (0.4, 0.5, 0.6), "growing"),
+    ((-1, -1, -1), (-0.4, -0.5, -0.6), "growing"),
+    ((1, 1, 1), (0.5, -0.5, 0.1), "flat"),
+])
+def test_trend_of_a_known_slope(intercepts, slopes, trend):
+    row = paired_slope_vs_log_step(_trend_table(_lines(intercepts, slopes)), "exact")
+    # every seed's gap is an exact line: its slope is b; the interval is mean b +- t(2) sd(b) / sqrt(3)
+    half = T2 * np.std(slopes, ddof=1) / np.sqrt(3)
+    assert row["slope"] == pytest.approx(np.mean(slopes))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((np.mean(slopes) - half, np.mean(slopes) + half))
+    assert (row["steps"], row["seeds"], row["first_step"], row["last_step"]) == (4, 3, 100, 800)
+    assert row["gap_first"] == pytest.approx(intercepts[0])
+    assert row["trend"] == trend and np.isnan(row["crossover_step"])
+
+
+def test_a_supported_sign_change_gives_the_crossover_step():
+    # gaps b (ln 200 - ln step), b = 0.9, 1.0, 1.1: +0.69 at step 100, zero at 200, -1.39 [-1.73, -1.04] at 800
+    gaps = {s: (lambda step, b=b: b * (np.log(200) - np.log(step))) for s, b in enumerate((0.9, 1.0, 1.1))}
+    row = paired_slope_vs_log_step(_trend_table(gaps), "exact")
+    assert row["trend"] == "crossed zero" and row["crossover_step"] == pytest.approx(200)
+    assert row["last_diff_ci_high"] < 0
+
+
+def test_a_crossing_the_last_step_does_not_support_is_not_stated():
+    # slope -1 in every seed, but the seeds' gaps differ by -1, 0, +1: the line crosses zero at step 400, the last
+    # step's interval (-0.69 +- 2.48) contains zero: shrinking, no crossover step
+    row = paired_slope_vs_log_step(_trend_table(_lines((0.39, 1.39, 2.39), (-1, -1, -1))), "exact")
+    assert row["ci_low"] == pytest.approx(-1) and row["ci_high"] == pytest.approx(-1)
+    assert row["last_diff_ci_low"] < 0 < row["last_diff_ci_high"]
+    assert row["trend"] == "shrinking" and np.isnan(row["crossover_step"])
+
+
+def test_a_crossing_beyond_the_measured_horizon_is_never_stated():
+    gaps = {s: (lambda step, b=b: b * (np.log(1600) - np.log(step))) for s, b in enumerate((0.9, 1.0, 1.1))}
+    row = paired_slope_vs_log_step(_trend_table(gaps), "exact")
+    assert row["trend"] == "shrinking" and np.isnan(row["crossover_step"])   # the line would cross at 1600
+    assert crossover_step(np.log(1600), -1.0, 100, 800) != crossover_step(np.log(1600), -1.0, 100, 3200)
+    assert np.isnan(crossover_step(np.log(1600), -1.0, 100, 800))
+    assert crossover_step(np.log(1600), -1.0, 100, 3200) == pytest.approx(1600)
+
+
+def test_trend_verdict_rules():
+    assert trend_verdict(float("nan"), float("nan"), 1.0, 0.5, 1.5, False) == "not enough points"
+    assert trend_verdict(-1.0, 0.0, 1.0, 0.5, 1.5, False) == "flat"            # an interval touching 0 is flat
+    assert trend_verdict(-1.0, -0.1, 1.0, 0.5, 1.5, False) == "shrinking"
+    assert trend_verdict(-1.0, -0.1, 1.0, -1.5, -0.5, True) == "crossed zero"
+    assert trend_verdict(-1.0, -0.1, 1.0, -1.5, -0.5, False) == "shrinking"   # the line itself does not cross
+    assert trend_verdict(0.1, 1.0, -1.0, 0.5, 1.5, True) == "crossed zero"
+    assert trend_verdict(0.1, 1.0, 0.0, 0.5, 1.5, False) == "growing"         # from a zero gap any slope grows
+
+
+def test_noisy_trend_equals_per_seed_regressions_and_a_t_interval():
+    rng = np.random.default_rng(3)
+    noise = rng.normal(0, 0.3, (5, len(STEPS)))
+    gaps = {s: (lambda step, s=s: 2 - 0.3 * np.log(step) + noise[s][STEPS.index(step)]) for s in range(5)}
+    row = paired_slope_vs_log_step(_trend_table(gaps), "exact")
+    per_seed = [stats.linregress(np.log(STEPS), [gaps[s](x) for x in STEPS]).slope for s in range(5)]
+    ref = stats.t.interval(0.95, 4, loc=np.mean(per_seed), scale=stats.sem(per_seed))
+    assert row["seeds"] == 5 and row["slope"] == pytest.approx(np.mean(per_seed))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(ref)
+
+
+@pytest.mark.parametrize("steps, seeds, expected", [((0, 400), 3, (1, 3)), ((400,), 3, (1, 3)), (STEPS, 1, (4, 1))])
+def test_too_few_steps_or_seeds_is_a_row_not_a_crash(steps, seeds, expected):
+    gaps = {s: (lambda step: 1.0 - 0.5 * np.log(step + 1)) for s in range(seeds)}
+    row = paired_slope_vs_log_step(_trend_table(gaps, steps), "exact")
+    assert (row["steps"], row["seeds"]) == expected
+    assert row["trend"] == "not enough points" and np.isnan(row["ci_low"]) and np.isnan(row["crossover_step"])
+
+
+def test_step_zero_unpaired_seeds_and_incomplete_steps_are_left_out():
+    table = _trend_table({s: (lambda step, s=s: 1.0 + 0.5 * s) for s in range(3)}, (0, 100, 200, 400, 800))
+    table = pd.concat([table, pd.DataFrame([{"method": "exact", "seed": 9, "step": 100, "fd": 1.0}])])
+    table = table[~((table.seed == 2) & (table.step == 800) & (table.method == "exact"))]
+    d = paired_difference_curves(table, "exact")
+    assert list(d.index) == [0, 1, 2] and list(d.columns) == [100, 200, 400]
+
+
+def test_repeated_rows_are_an_error_that_says_what_to_split():
+    table = _trend_table(_lines((1, 1), (0.4, 0.5)))
+    with pytest.raises(ValueError, match="split the table"):
+        paired_slope_vs_log_step(pd.concat([table, table]), "exact")
