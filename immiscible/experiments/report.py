@@ -10,6 +10,13 @@ method - vanilla at the last evaluated step, 95% paired-t interval over seeds; s
 - not reproduced (worse): the interval lies above zero;
 - not reproduced (no resolvable difference): the interval contains zero.
 Claims that need data, weights or hardware this machine lacks are listed as "not run here", with the command.
+
+Verdicts by horizon: every paired comparison of a per-snapshot FD table (method - vanilla, and knn - exact) gets the
+trend of its gap over training steps (``paired_slope_vs_log_step``: slope against ln(step), 95% t-interval over
+seeds) and a word by the rules of ``trend_verdict``: shrinking, growing, flat, crossed zero (with the crossover step,
+only inside the measured steps) or not enough points. The CPU tables (results/tables) are setting "cpu"; the same
+tables of the GPU study (results/gpu/tables), when they exist, are setting "gpu", a column of their own. Both go to
+results/tables/horizon_trends.csv.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from immiscible.config import load_yaml_group
-from immiscible.evaluation.statistics import paired_differences
+from immiscible.evaluation.statistics import NOT_ENOUGH_POINTS, paired_differences, paired_slope_vs_log_step
 from immiscible.io import atomic_write_text
 
 PAPER_DISTANCE = {128: -1.93, 256: -2.16, 512: -2.32, 1024: -2.44}   # slides' table, change of mean distance (%)
@@ -356,7 +363,92 @@ def knn_rows(results: Path) -> list[dict]:
     return rows
 
 
+HORIZON_TABLES = ("unconditional", "consistency", "class_conditional", "finetuning", "ablation")   # <name>_fid.csv
+SETTINGS = {"cpu": Path("tables"), "gpu": Path("gpu") / "tables"}   # under results/: where each setting's tables are
+HORIZON_COLUMNS = ("experiment", "comparison", "steps", "seeds", "slope", "ci_low", "ci_high", "trend",
+                   "crossover_step", "setting", "first_step", "last_step", "gap_first", "gap_last", "last_diff_mean",
+                   "last_diff_ci_low", "last_diff_ci_high")
+
+
+def _experiment_splits(name: str, fid: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(label, one row per method, seed and step) of an experiment's FD table: consistency per sampler, the
+    ablation per arm (its variants are the methods)."""
+    if name == "consistency" and "sample_steps" in fid:
+        return [(f"consistency ({k}-step sampling)", g) for k, g in fid.groupby("sample_steps")]
+    if name == "ablation" and "arm" in fid:
+        return [(f"ablation ({arm} arm)", g.assign(method=g.variant)) for arm, g in fid.groupby("arm", sort=False)]
+    return [(name, fid)]
+
+
+def _method_pairs(methods) -> list[tuple[str, str]]:
+    """(method, baseline): every method against vanilla, and knn against exact (the follow-up's claim)."""
+    methods = list(dict.fromkeys(methods))
+    pairs = [(m, "vanilla") for m in methods if m != "vanilla"] if "vanilla" in methods else []
+    return pairs + ([("knn", "exact")] if {"knn", "exact"} <= set(methods) else [])
+
+
+def horizon_trends(tables: Path, setting: str) -> pd.DataFrame:
+    """One row per experiment and method pair: the trend of the paired FD gap over training steps, from the
+    per-snapshot tables ``<experiment>_fid.csv`` under ``tables`` (none there: no rows)."""
+    rows = []
+    for name in HORIZON_TABLES:
+        path = tables / f"{name}_fid.csv"
+        if not path.exists():
+            continue
+        for label, sub in _experiment_splits(name, pd.read_csv(path)):
+            rows += [{"experiment": label, **paired_slope_vs_log_step(sub, m, b), "setting": setting}
+                     for m, b in _method_pairs(sub.method)]
+    return pd.DataFrame(rows, columns=list(HORIZON_COLUMNS))
+
+
+def all_horizon_trends(results: Path) -> pd.DataFrame:
+    """The horizon trends of every setting whose tables exist (cpu: results/tables, gpu: results/gpu/tables)."""
+    frames = [horizon_trends(results / folder, setting) for setting, folder in SETTINGS.items()]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(HORIZON_COLUMNS))
+
+
+def _count(n, noun: str) -> str:
+    return f"{int(n)} {noun}{'' if int(n) == 1 else 's'}"
+
+
+def horizon_cell(row) -> str:
+    """One setting's trend of one gap, in words: the verdict, the slope interval and what it was measured on."""
+    where = f"steps {int(row.first_step)}-{int(row.last_step)} ({int(row.steps)}), {int(row.seeds)} seeds"
+    if row.trend == NOT_ENOUGH_POINTS:
+        return f"{NOT_ENOUGH_POINTS} ({_count(row.steps, 'step')}, {_count(row.seeds, 'seed')})"
+    text = f"{row.trend}: slope {row.slope:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}] per ln(step), {where}"
+    return text + (f"; crosses zero near step {row.crossover_step:.0f}" if np.isfinite(row.crossover_step) else "")
+
+
+GPU_NOT_MEASURED = "not measured yet"
+
+
+def horizon_rows(trends: pd.DataFrame) -> list[dict]:
+    """One row per (experiment, comparison) with a cell per setting (``GPU_NOT_MEASURED`` where that setting has no
+    tables yet, "-" where its tables lack this comparison)."""
+    measured = set(trends.setting)
+    rows = []
+    for (experiment, comparison), group in trends.groupby(["experiment", "comparison"], sort=False):
+        by_setting = {r.setting: horizon_cell(r) for r in group.itertuples()}
+        rows.append({"experiment": experiment, "comparison": comparison,
+                     **{s: by_setting.get(s, "-" if s in measured else GPU_NOT_MEASURED) for s in SETTINGS}})
+    return rows
+
+
+HORIZON_INTRO = ("The trend of each paired FD gap (method - baseline, per seed) over the training steps: per seed the "
+                 "least-squares slope of the gap against ln(step), then the 95% t-interval of the mean slope over "
+                 "seeds (a slope of -1 closes one FD point per e-fold of training). Fixed rules: flat when the "
+                 "interval contains 0; shrinking when the slope moves the gap toward zero; growing when away; "
+                 "crossed zero when the fitted line crosses zero within the measured steps and the last step's paired "
+                 "interval lies on the other side (only then is a crossover step given; never extrapolated). "
+                 "Table: [tables/horizon_trends.csv](tables/horizon_trends.csv).")
+GPU_MISSING = ("GPU column: not measured yet. The GPU study writes the same per-snapshot tables under "
+               "results/gpu/tables/ (e.g. unconditional_fid.csv); the report adds them as setting gpu.")
+
+
 COLUMNS = ("claim", "paper", "ours", "setting", "verdict")
+HORIZON_HEAD = ("experiment", "comparison", *SETTINGS)
 INTRO = ("Every claim of Immiscible Diffusion (Li et al., NeurIPS 2024) and its KNN follow-up beside what this "
          "artifact measured, generated by the DVC stage `report` from the result tables. Verdicts follow fixed rules "
          "(immiscible/experiments/report.py): an improvement is reproduced when the 95% paired interval over seeds "
@@ -364,16 +456,27 @@ INTRO = ("Every claim of Immiscible Diffusion (Li et al., NeurIPS 2024) and its 
          "setting column says where they differ from the paper's.")
 
 
-def markdown(rows: list[dict], figures=FIGURES) -> str:
-    lines = ["# Reproduction report", "", INTRO, "", "| " + " | ".join(COLUMNS) + " |",
-             "| " + " | ".join("---" for _ in COLUMNS) + " |"]
-    lines += ["| " + " | ".join(str(r[c]).replace("|", "/") for c in COLUMNS) + " |" for r in rows]
+def _markdown_table(rows: list[dict], columns) -> list[str]:
+    return (["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
+            + ["| " + " | ".join(str(r[c]).replace("|", "/") for c in columns) + " |" for r in rows])
+
+
+def _html_table(rows: list[dict], columns) -> str:
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in columns) + "</tr>\n" for r in rows)
+    return "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>\n{cells}</table>"
+
+
+def markdown(rows: list[dict], figures=FIGURES, horizon: list[dict] = ()) -> str:
+    lines = ["# Reproduction report", "", INTRO, "", *_markdown_table(rows, COLUMNS)]
+    if horizon:
+        lines += ["", "## Verdicts by horizon", "", HORIZON_INTRO, "", *_markdown_table(horizon, HORIZON_HEAD)]
+        if all(r["gpu"] == GPU_NOT_MEASURED for r in horizon):
+            lines += ["", GPU_MISSING]
     lines += ["", "Figures: " + ", ".join(f"[{n}](figures/{n}.png)" for n in figures), ""]
     return "\n".join(lines)
 
 
-def html_page(rows: list[dict], results: Path, figures=FIGURES) -> str:
-    cells = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS) + "</tr>\n" for r in rows)
+def html_page(rows: list[dict], results: Path, figures=FIGURES, horizon: list[dict] = ()) -> str:
     embedded = ""
     for name in figures:
         path = results / "figures" / f"{name}.png"
@@ -383,15 +486,30 @@ def html_page(rows: list[dict], results: Path, figures=FIGURES) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'><title>Reproduction report</title><style>"
             "body{font-family:sans-serif;max-width:1200px;margin:2em auto}td,th{border:1px solid #ccc;padding:4px;"
             "vertical-align:top;font-size:13px}table{border-collapse:collapse}img{max-width:100%}</style></head><body>"
-            f"<h1>Reproduction report</h1><p>{html.escape(INTRO)}</p><table><tr>"
-            + "".join(f"<th>{c}</th>" for c in COLUMNS) + f"</tr>\n{cells}</table>{embedded}</body></html>\n")
+            f"<h1>Reproduction report</h1><p>{html.escape(INTRO)}</p>" + _html_table(rows, COLUMNS)
+            + (f"<h2>Verdicts by horizon</h2><p>{html.escape(HORIZON_INTRO)}</p>" + _html_table(horizon, HORIZON_HEAD)
+               if horizon else "") + f"{embedded}</body></html>\n")
+
+
+def write_horizon_trends(trends: pd.DataFrame, path: Path) -> Path:
+    """The trends table, rewritten only when its content changes (keeps DVC hashes stable)."""
+    text = trends.to_csv(index=False, float_format="%.6g")
+    if not path.exists() or path.read_text() != text:
+        atomic_write_text(path, text)
+    return path
 
 
 def write_report(results: str | Path = "results", figures=FIGURES, last_step_arm: str = "flow") -> list[dict]:
+    """REPORT.md and report.html from the tables under ``results``, and tables/horizon_trends.csv when any
+    per-snapshot FD table exists."""
     results = Path(results)
     rows = build_rows(results, last_step_arm)
-    atomic_write_text(results / "REPORT.md", markdown(rows, figures))
-    atomic_write_text(results / "report.html", html_page(rows, results, figures))
+    trends = all_horizon_trends(results)
+    horizon = horizon_rows(trends)
+    if len(trends):
+        write_horizon_trends(trends, results / "tables" / "horizon_trends.csv")
+    atomic_write_text(results / "REPORT.md", markdown(rows, figures, horizon))
+    atomic_write_text(results / "report.html", html_page(rows, results, figures, horizon))
     return rows
 
 
