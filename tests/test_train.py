@@ -183,6 +183,24 @@ def test_resume_gives_bitwise_the_same_weights(tmp_path):
     assert cfg.steps == 6 and not model.training
 
 
+def test_resume_puts_the_ema_on_the_models_device(tmp_path):
+    """EMAModel.load_state_dict keeps the loaded (CPU) tensors: resume_or_start moves the EMA to the model's
+    device afterwards (on a GPU the first ema.step would otherwise mix devices; tests/test_cuda.py resumes there)."""
+    from diffusers.training_utils import EMAModel
+    from immiscible.engine.loop import resume_or_start
+    from immiscible.models import build_unet
+    cfg = _cfg(tmp_path, steps=2)
+    train(cfg, images=_images())
+    model = build_unet(cfg.model, cfg.resolution, 3).double()  # parameters of another dtype than the saved ones
+    ema = EMAModel(model.parameters(), decay=0.9)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    assert resume_or_start(cfg, model, ema, optimizer, scheduler) == 2
+    for shadow, param in zip(ema.shadow_params, model.parameters()):
+        assert shadow.device == param.device and shadow.dtype == param.dtype
+    ema.step(model.parameters())  # what crashed on a GPU
+
+
 def test_corrupt_checkpoint_falls_back_with_warning(tmp_path):
     images = _images()
     train(_cfg(tmp_path, steps=4), images=images)

@@ -16,17 +16,23 @@ def denoising_loss(model, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
     return F.mse_loss(prediction.float(), target.float())
 
 
+def drop_labels(labels: torch.Tensor, label_dropout: float, null_label: int,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """A share ``label_dropout`` of the labels (drawn from ``generator``) replaced by ``null_label``: the
+    unconditional model of classifier-free guidance (Ho & Salimans 2022)."""
+    drop = torch.rand(labels.shape, generator=generator, device=generator.device if generator else "cpu")
+    return torch.where(drop.to(labels.device) < label_dropout, torch.full_like(labels, null_label), labels)
+
+
 def make_denoising_loss(objective: str, num_train_timesteps: int, alphas_cumprod: torch.Tensor | None,
                         label_dropout: float = 0.0, null_label: int = 0):
     """The engine's default ``loss_fn(model, x0, noise, generator, step, labels)``: t drawn from the step's
     generator (uniform integers in [0, T) for diffusion, uniform [0, 1] for flow), then ``denoising_loss``. With
-    labels, a share ``label_dropout`` of them (drawn from the same generator, after t) becomes ``null_label``: the
-    unconditional model of classifier-free guidance (Ho & Salimans 2022)."""
+    labels, a share ``label_dropout`` of them (drawn from the same generator, after t) becomes ``null_label``."""
     def loss_fn(model, x0, noise, generator, step, labels=None):
         t = sample_t(objective, x0.shape[0], num_train_timesteps, generator, x0.device)
         if labels is not None and label_dropout > 0:
-            drop = torch.rand(labels.shape, generator=generator, device=generator.device).to(labels.device)
-            labels = torch.where(drop < label_dropout, torch.full_like(labels, null_label), labels)
+            labels = drop_labels(labels, label_dropout, null_label, generator)
         kwargs = {} if labels is None else {"class_labels": labels}
         return denoising_loss(model, x0, noise, t, objective, alphas_cumprod, num_train_timesteps, **kwargs)
     return loss_fn

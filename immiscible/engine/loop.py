@@ -35,9 +35,10 @@ from immiscible.config import to_dict
 from immiscible.data import batch_indices, flip_mask, load_images, load_labels, to_model_input
 from immiscible.diffusion.losses import make_denoising_loss
 from immiscible.diffusion.schedules import alphas_cumprod
-from immiscible.engine.checkpoints import (check_resumable, init_weights_path, latest_valid_checkpoint,
-                                           list_snapshots, load_checkpoint, load_weights, model_config_json,
-                                           remove_tmp, save_checkpoint, save_snapshot, truncate_log, weights_digest)
+from immiscible.engine.checkpoints import (check_resumable, checkpoint_step, init_weights_path,
+                                           latest_valid_checkpoint, list_checkpoints, list_snapshots,
+                                           load_checkpoint, load_weights, model_config_json, remove_tmp,
+                                           save_checkpoint, save_snapshot, truncate_log, weights_digest)
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.io import atomic_write_text
 from immiscible.models import build_unet, num_parameters
@@ -78,6 +79,105 @@ def training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     return images, (labels if cfg.num_classes else None)
 
 
+def is_log_step(cfg: TrainConfig, step: int) -> bool:
+    """Whether the step (0-based) ends a logging interval: the steps the assignment statistics are measured on."""
+    return (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
+
+
+def batch_source(cfg: TrainConfig, images: torch.Tensor, labels: torch.Tensor | None, device: torch.device,
+                 rank: int = 0, world: int = 1, group=None, side_stream=None):
+    """``next_batch(step) -> (x0, labels, generator, noise, info)`` of one run on one process: the step's slice of
+    the global batch (``batch_indices``), flipped by ``flip_mask``, and its noise drawn and paired by
+    ``draw_noise`` from the generator of (seed, step, rank). A pure function of (cfg, step, rank): what makes a run
+    resumable and side-by-side runs equal to single ones. ``side_stream``: a CUDA stream to queue the work on."""
+    local_batch = cfg.batch_size // world
+    n_images = len(images)
+
+    def next_batch(step: int) -> tuple:
+        idx = batch_indices(cfg.seed, step, cfg.batch_size, n_images)[rank * local_batch:(rank + 1) * local_batch]
+        with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
+            x0 = images[torch.from_numpy(idx).to(images.device)]  # (B, C, H, W): uint8 -> [-1, 1]; float data as is
+            x0 = to_model_input(x0) if x0.dtype == torch.uint8 else x0.float()
+            if cfg.hflip:
+                flip = torch.from_numpy(flip_mask(cfg.seed, step, cfg.batch_size)[rank * local_batch:
+                                                                                  (rank + 1) * local_batch])
+                x0 = torch.where(flip.to(x0.device)[:, None, None, None], x0.flip(-1), x0)
+            x0 = x0.to(device)
+            y = None if labels is None else labels[torch.from_numpy(idx).to(labels.device)].to(device)
+            generator = step_generator(cfg.seed, step, rank, device)
+            noise, info = draw_noise(x0, generator, cfg.method, cfg.knn_k, cfg.assign_cost, cfg.assign_solver,
+                                     group, world, stats=is_log_step(cfg, step), labels=y)
+            return x0, y, generator, noise, info
+    return next_batch
+
+
+def saves_at(cfg: TrainConfig, done: int) -> tuple[bool, bool]:
+    """(an EMA snapshot, a full checkpoint) is written after ``done`` steps."""
+    snapshot = done == cfg.steps or bool(cfg.snapshot_every and done % cfg.snapshot_every == 0)
+    return snapshot, done % cfg.checkpoint_every == 0 or done == cfg.steps
+
+
+def append_log(run_dir: Path, done: int, loss: float, lr: float, info: dict, elapsed_s: float, **extra) -> dict:
+    """Append one record to the run's log.jsonl: the mean loss since the last record and the step's assignment
+    statistics (``draw_noise``'s info)."""
+    record = {"step": done, "loss": loss, "lr": lr, "dist_before": float(info["dist_before"]),
+              "dist_after": float(info["dist_after"]), "assign_ms": info["assign_ms"],
+              "assign_batch": info["assign_batch"], "elapsed_s": elapsed_s, **extra}
+    with open(run_dir / "log.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    return record
+
+
+def resume_or_start(cfg: TrainConfig, raw_model, ema, optimizer, lr_scheduler, on_change: str = "error",
+                    is_main: bool = True, barrier=lambda: None, at_step: int | None = None) -> int:
+    """Prepare cfg.output_dir for training and return the step to start from: the newest valid checkpoint's
+    (``at_step``: that step's checkpoint instead), loaded into model, EMA (on the model's device), optimizer and
+    schedule, else 0. A folder holding a run of another config raises (``on_change="error"``) or is deleted
+    ("restart"). Snapshots and log lines written after the starting state are removed (they are redone)."""
+    run_dir = Path(cfg.output_dir)
+    start_step = 0
+    checkpoint = latest_valid_checkpoint(run_dir)
+    if at_step is not None and at_step != (checkpoint_step(checkpoint) if checkpoint is not None else 0):
+        matches = [p for p in list_checkpoints(run_dir) if checkpoint_step(p) == at_step]
+        if at_step and not matches:
+            raise FileNotFoundError(f"{run_dir} has no checkpoint of step {at_step} to resume from (it has "
+                                    f"{[checkpoint_step(p) for p in list_checkpoints(run_dir)]}): train it alone "
+                                    "to its newest checkpoint's step, or delete it to start over")
+        checkpoint = matches[0] if at_step else None
+    # the config the folder's run was started with: its newest checkpoint's, else (killed before its first
+    # checkpoint) its train_config.json, so that a new setting never inherits the old run's snapshots
+    saved_at = checkpoint / "state.json" if checkpoint is not None else run_dir / "train_config.json"
+    if saved_at.is_file():
+        saved = json.loads(saved_at.read_text())
+        try:
+            check_resumable(saved["config"] if checkpoint is not None else saved, cfg, saved_at.parent)
+        except ValueError as e:
+            if on_change == "error":
+                raise
+            warnings.warn(f"{e} Restarting: deleting {run_dir}.")
+            barrier()
+            if is_main:
+                shutil.rmtree(run_dir)
+            barrier()
+            checkpoint = None
+    if checkpoint is not None:
+        start_step = load_checkpoint(checkpoint, raw_model, ema, optimizer, lr_scheduler)["step"]
+    param = next(raw_model.parameters())  # after loading: the loaded shadow weights come back as saved, on the CPU
+    ema.to(device=param.device, dtype=param.dtype)
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_tmp(run_dir)  # leftovers of writes that were killed
+        remove_tmp(run_dir / "snapshots")
+        for step, path in list_snapshots(run_dir).items():  # written after the state we start from: redone below
+            if step > start_step:
+                path.unlink()
+        atomic_write_text(run_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
+        atomic_write_text(run_dir / "model_config.json", model_config_json(raw_model))
+        truncate_log(run_dir / "log.jsonl", start_step)
+    barrier()
+    return start_step
+
+
 def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str = "error", labels=None,
           model=None, loss_fn=None, optimizer_cls=None) -> dict:
     """Train (or resume) one run into cfg.output_dir; returns a summary.
@@ -106,7 +206,6 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({world}): use a "
                          f"multiple of {world} such as {world * max(1, cfg.batch_size // world)}, or launch fewer "
                          "processes")
-    local_batch = cfg.batch_size // world
     run_dir = Path(cfg.output_dir)
     is_main = accelerator.is_main_process
 
@@ -114,7 +213,6 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     if images is None:
         images, loaded_labels = training_data(cfg)
         labels = loaded_labels if labels is None else labels
-    n_images = len(images)
     labels = None if labels is None else torch.as_tensor(labels)
     if cfg.num_classes and labels is None:
         raise ValueError(f"num_classes={cfg.num_classes}: a class-conditional run needs labels (train(..., labels=))")
@@ -140,43 +238,13 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0)
     model, optimizer = accelerator.prepare(model, optimizer)
-    ema.to(device)
     raw_model = accelerator.unwrap_model(model)
 
     # ---- resume from the newest valid checkpoint, else start fresh
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
-    start_step = 0
-    checkpoint = latest_valid_checkpoint(run_dir)
-    # the config the folder's run was started with: its newest checkpoint's, else (killed before its first
-    # checkpoint) its train_config.json, so that a new setting never inherits the old run's snapshots
-    saved_at = checkpoint / "state.json" if checkpoint is not None else run_dir / "train_config.json"
-    if saved_at.is_file():
-        saved = json.loads(saved_at.read_text())
-        try:
-            check_resumable(saved["config"] if checkpoint is not None else saved, cfg, saved_at.parent)
-        except ValueError as e:
-            if on_change == "error":
-                raise
-            warnings.warn(f"{e} Restarting: deleting {run_dir}.")
-            accelerator.wait_for_everyone()
-            if is_main:
-                shutil.rmtree(run_dir)
-            accelerator.wait_for_everyone()
-            checkpoint = None
-    if checkpoint is not None:
-        start_step = load_checkpoint(checkpoint, raw_model, ema, optimizer, lr_scheduler)["step"]
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_tmp(run_dir)  # leftovers of writes that were killed
-        remove_tmp(run_dir / "snapshots")
-        for step, path in list_snapshots(run_dir).items():  # written after the state we start from: redone below
-            if step > start_step:
-                path.unlink()
-        atomic_write_text(run_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
-        atomic_write_text(run_dir / "model_config.json", model_config_json(raw_model))
-        truncate_log(run_dir / "log.jsonl", start_step)
-    accelerator.wait_for_everyone()
+    start_step = resume_or_start(cfg, raw_model, ema, optimizer, lr_scheduler, on_change, is_main,
+                                 accelerator.wait_for_everyone)
 
     # ---- where the assignment runs
     # "thread": batch s+1 is drawn and assigned in a background thread while batch s trains (the solvers release
@@ -192,26 +260,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     # work only, not for the training step queued on the main stream.
     side_stream = torch.cuda.Stream(device) if background and device.type == "cuda" else None
 
-    def is_log_step(step: int) -> bool:
-        return (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
-
-    def next_batch(step: int) -> tuple:
-        """x0, labels, the step's generator, its (assigned) noise and assignment stats: a function of
-        (seed, step, rank)."""
-        idx = batch_indices(cfg.seed, step, cfg.batch_size, n_images)[rank * local_batch:(rank + 1) * local_batch]
-        with torch.cuda.stream(side_stream) if side_stream is not None else contextlib.nullcontext():
-            x0 = images[torch.from_numpy(idx)]  # (B, C, H, W): uint8 pixels -> [-1, 1]; float data (latents) as is
-            x0 = to_model_input(x0) if x0.dtype == torch.uint8 else x0.float()
-            if cfg.hflip:
-                flip = torch.from_numpy(flip_mask(cfg.seed, step, cfg.batch_size)[rank * local_batch:
-                                                                                  (rank + 1) * local_batch])
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-            x0 = x0.to(device)
-            y = None if labels is None else labels[torch.from_numpy(idx)].to(device)
-            generator = step_generator(cfg.seed, step, rank, device)
-            noise, info = draw_noise(x0, generator, cfg.method, cfg.knn_k, cfg.assign_cost, cfg.assign_solver,
-                                     group, world, stats=is_log_step(step), labels=y)
-            return x0, y, generator, noise, info
+    next_batch = batch_source(cfg, images, labels, device, rank, world, group, side_stream)
 
     # ---- the loop
     if is_main and cfg.init_from and start_step == 0:  # a fine-tuning run records its starting point as step 0
@@ -249,18 +298,13 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
             mean_loss = accelerator.gather(loss_sum[None]).mean() / loss_count
             _stop_if_not_finite(mean_loss, done, run_dir)
             if is_main:
-                record = {"step": done, "loss": float(mean_loss), "lr": lr_scheduler.get_last_lr()[0],
-                          "dist_before": float(info["dist_before"]), "dist_after": float(info["dist_after"]),
-                          "assign_ms": info["assign_ms"], "assign_batch": info["assign_batch"],
-                          "elapsed_s": time.perf_counter() - t_start}
-                with open(run_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                record = append_log(run_dir, done, float(mean_loss), lr_scheduler.get_last_lr()[0], info,
+                                    time.perf_counter() - t_start)
                 bar.set_postfix(loss=f"{record['loss']:.4f}",
                                 dist=f"{record['dist_before']:.2f}->{record['dist_after']:.2f}")
             loss_sum.zero_()
             loss_count = 0
-        snapshot = done == cfg.steps or (cfg.snapshot_every and done % cfg.snapshot_every == 0)
-        checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        snapshot, checkpoint_now = saves_at(cfg, done)
         if snapshot or checkpoint_now:
             _stop_if_not_finite(loss_sum, done, run_dir)  # never save weights after a non-finite loss
         if is_main and snapshot:

@@ -1,0 +1,132 @@
+"""Side-by-side training (immiscible.engine.side_by_side) equals single runs: bitwise in ``loop`` mode, to a stated
+tolerance on the weights in ``vmap`` mode (other kernels: grouped convolutions), with the same assignments; it
+resumes, alone or with single runs, and rejects runs that do not share a setting."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from immiscible.engine.config import TrainConfig
+from immiscible.engine.loop import train
+from immiscible.engine.side_by_side import train_side_by_side
+
+RUNS = (("vanilla", 0), ("exact", 1), ("knn", 2))
+# vmap: 6 AdamW steps at lr 1e-3 from the same weights; float32 rounding of other kernels, amplified by Adam's
+# normalisation of tiny gradients, moved no weight by more than 4.2e-5 when this was written
+VMAP_WEIGHT_TOLERANCE = 2e-4
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randint(0, 256, (200, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(123))
+
+
+def configs(root: Path, **overrides) -> list[TrainConfig]:
+    base = TrainConfig(model="tiny", resolution=8, batch_size=16, steps=6, lr=1e-3, ema_decay=0.9, warmup_steps=2,
+                       hflip=True, checkpoint_every=3, snapshot_every=3, log_every=2, progress=False)
+    base = replace(base, **overrides)
+    return [replace(base, method=m, seed=s, output_dir=str(root / f"{m}-{s}")) for m, s in RUNS]
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    wa, wb = load_file(a), load_file(b)
+    assert wa.keys() == wb.keys()
+    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+
+
+def timeless(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "assign_ms", "runs_side_by_side")} for r in records]
+
+
+def log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def single_runs(tmp_path_factory, images):
+    cfgs = configs(tmp_path_factory.mktemp("single"))
+    for cfg in cfgs:
+        train(cfg, images=images)
+    return cfgs
+
+
+FILES = ("checkpoint-0000006/model.safetensors", "checkpoint-0000006/ema.safetensors",
+         "snapshots/ema-0000003.safetensors", "snapshots/ema-0000006.safetensors")
+
+
+def test_loop_mode_equals_single_runs_bitwise(tmp_path, images, single_runs):
+    train_side_by_side(configs(tmp_path), images=images, stack="loop")
+    for single, together in zip(single_runs, configs(tmp_path)):
+        for f in FILES:
+            assert max_weight_difference(Path(single.output_dir) / f, Path(together.output_dir) / f) == 0.0, f
+        assert timeless(log(single.output_dir)) == timeless(log(together.output_dir))
+
+
+def test_vmap_mode_equals_single_runs_within_tolerance_with_the_same_assignments(tmp_path, images, single_runs):
+    summaries = train_side_by_side(configs(tmp_path), images=images, stack="vmap")
+    assert {s["stack"] for s in summaries} == {"vmap"} and all(s["runs_side_by_side"] == 3 for s in summaries)
+    for single, together in zip(single_runs, configs(tmp_path)):
+        for f in FILES:
+            d = max_weight_difference(Path(single.output_dir) / f, Path(together.output_dir) / f)
+            assert d <= VMAP_WEIGHT_TOLERANCE, (single.method, f, d)
+        a, b = log(single.output_dir), log(together.output_dir)
+        # the assigned pairs are the same: the mean distance of the assigned pairs, step by step
+        assert [r["dist_after"] for r in a] == [r["dist_after"] for r in b]
+        assert [r["loss"] for r in a] == pytest.approx([r["loss"] for r in b], rel=1e-4)
+    # the methods really differ (the test would pass trivially if every run drew the same pairs)
+    afters = [log(c.output_dir)[-1]["dist_after"] for c in configs(tmp_path)]
+    assert len(set(afters)) == 3
+
+
+def test_vmap_runs_differ_from_each_other(tmp_path, images):
+    """Each run keeps its own seed (initial weights) and batches: no two stacked runs end with the same weights."""
+    cfgs = configs(tmp_path, steps=3)
+    train_side_by_side(cfgs, images=images, stack="vmap")
+    finals = [Path(c.output_dir) / "snapshots/ema-0000003.safetensors" for c in cfgs]
+    assert min(max_weight_difference(a, b) for a in finals for b in finals if a != b) > 1e-3
+
+
+@pytest.mark.parametrize("stack", ["loop", "vmap"])
+def test_interrupted_side_by_side_resumes_to_the_same_weights(tmp_path, images, stack):
+    whole = configs(tmp_path / "whole")
+    train_side_by_side(whole, images=images, stack=stack)
+    parts = configs(tmp_path / "parts")
+    train_side_by_side([replace(c, steps=3) for c in parts], images=images, stack=stack)  # "killed" at step 3
+    train_side_by_side(parts, images=images, stack=stack)
+    for a, b in zip(whole, parts):
+        assert max_weight_difference(Path(a.output_dir) / FILES[0], Path(b.output_dir) / FILES[0]) == 0.0
+        assert [r["step"] for r in log(b.output_dir)] == [2, 3, 4, 6]  # 3: the end of the first stretch
+
+
+def test_runs_at_different_checkpoints_resume_from_the_common_one(tmp_path, images, single_runs):
+    """A kill while the runs were being saved leaves some a checkpoint ahead: all go back to the older one."""
+    cfgs = configs(tmp_path)
+    train_side_by_side([replace(c, steps=3) for c in cfgs], images=images, stack="loop")
+    train(cfgs[0], images=images)  # run 0 alone to step 6: ahead of the others
+    summaries = train_side_by_side(cfgs, images=images, stack="loop")
+    assert {s["start_step"] for s in summaries} == {3}
+    for single, together in zip(single_runs, cfgs):
+        assert max_weight_difference(Path(single.output_dir) / FILES[0], Path(together.output_dir) / FILES[0]) == 0
+
+
+def test_a_side_by_side_checkpoint_resumes_as_a_single_run(tmp_path, images, single_runs):
+    cfgs = configs(tmp_path)
+    train_side_by_side([replace(c, steps=3) for c in cfgs], images=images, stack="vmap")
+    train(cfgs[1], images=images)  # the single engine continues the stacked run's checkpoint
+    d = max_weight_difference(Path(single_runs[1].output_dir) / FILES[0], Path(cfgs[1].output_dir) / FILES[0])
+    assert d <= VMAP_WEIGHT_TOLERANCE
+
+
+def test_runs_of_different_settings_are_refused(tmp_path, images):
+    cfgs = configs(tmp_path)
+    with pytest.raises(ValueError, match=r"share one setting.*\['lr'\]"):
+        train_side_by_side([cfgs[0], replace(cfgs[1], lr=1e-4)], images=images)
+    with pytest.raises(ValueError, match="distinct output_dir"):
+        train_side_by_side([cfgs[0], cfgs[0]], images=images)
+    with pytest.raises(ValueError, match="stack="):
+        train_side_by_side(cfgs, images=images, stack="threads")
+    with pytest.raises(ValueError, match="fp16"):
+        train_side_by_side([replace(c, mixed_precision="fp16") for c in cfgs], images=images)
