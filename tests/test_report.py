@@ -125,3 +125,69 @@ def test_ablation_rows_follow_the_rules(tmp_path, diffs, contrast, expected):
     got = {"k sweep": verdict_of("KNN at every k"), "LA": verdict_of("flow matching: linear"),
            "KNN": verdict_of("flow matching: KNN"), "dimension": verdict_of("hypothesis")}
     assert got == expected
+
+
+def _fid_table(gap_slopes: dict, steps=(200, 400, 800, 1600)) -> pd.DataFrame:
+    """vanilla and ``method`` runs of 3 seeds whose paired gap is 2 + b ln(step / 200), b per seed from
+    ``gap_slopes`` {method: (b0, b1, b2)}."""
+    rows = []
+    for method, slopes in gap_slopes.items():
+        for seed, b in enumerate(slopes):
+            for step in steps:
+                base = 40.0 - 4.0 * np.log(step) + 3 * seed
+                rows += [{"method": "vanilla", "seed": seed, "step": step, "fd": base},
+                         {"method": method, "seed": seed, "step": step, "fd": base + 2 + b * np.log(step / 200)}]
+    return pd.DataFrame(rows).drop_duplicates(["method", "seed", "step"])
+
+
+def test_horizon_trends_of_the_result_tables_are_per_seed_slopes_over_ln_step():
+    trends = R.all_horizon_trends(ROOT / "results")
+    fid = pd.read_csv(ROOT / "results" / "tables" / "unconditional_fid.csv")
+    wide = fid.pivot_table(index="seed", columns=["step", "method"], values="fd")
+    steps = sorted(fid.step.unique())
+    d = np.array([[wide.loc[s, (t, "exact")] - wide.loc[s, (t, "vanilla")] for t in steps] for s in wide.index])
+    slopes = [np.polyfit(np.log(steps), row, 1)[0] for row in d]
+    low, high = stats.t.interval(0.95, len(slopes) - 1, loc=np.mean(slopes), scale=stats.sem(slopes))
+    row = trends[(trends.experiment == "unconditional") & (trends.comparison == "exact - vanilla")].iloc[0]
+    assert (row.steps, row.seeds, row.setting) == (len(steps), len(slopes), "cpu")
+    assert (row.slope, row.ci_low, row.ci_high) == pytest.approx((np.mean(slopes), low, high))
+    assert row.trend == ("flat" if low <= 0 <= high else row.trend)
+    # the ablation evaluates one step: its rows say so instead of inventing a trend
+    assert set(trends[trends.experiment.str.startswith("ablation")].trend) <= {"not enough points"}
+    written = pd.read_csv(ROOT / "results" / "tables" / "horizon_trends.csv")
+    assert list(written.trend) == list(trends.trend)
+    assert np.allclose(written.slope, trends.slope.astype(float), rtol=1e-5, equal_nan=True)
+
+
+def test_the_gpu_setting_is_its_own_column_and_is_said_to_be_missing_until_measured(tmp_path):
+    (tmp_path / "tables").mkdir()
+    _fid_table({"exact": (0.3, 0.4, 0.5)}).to_csv(tmp_path / "tables" / "unconditional_fid.csv", index=False)
+    R.write_report(tmp_path, figures=())
+    md = (tmp_path / "REPORT.md").read_text()
+    assert "| unconditional | exact - vanilla | growing: slope +0.40 [" in md and R.GPU_MISSING in md
+    assert set(pd.read_csv(tmp_path / "tables" / "horizon_trends.csv").setting) == {"cpu"}
+
+    (tmp_path / "gpu" / "tables").mkdir(parents=True)
+    _fid_table({"exact": (-0.5, -0.6, -0.7), "knn8": (0.5, -0.5, 0.1)}).to_csv(
+        tmp_path / "gpu" / "tables" / "unconditional_fid.csv", index=False)
+    R.write_report(tmp_path, figures=())
+    md, page = (tmp_path / "REPORT.md").read_text(), (tmp_path / "report.html").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| unconditional | exact - vanilla |"))
+    cpu, gpu = line.split(" | ")[2:4]
+    assert cpu.startswith("growing: slope +0.40") and gpu.startswith("shrinking: slope -0.60")
+    knn = next(x for x in md.splitlines() if x.startswith("| unconditional | knn8 - vanilla |"))
+    assert knn.split(" | ")[2] == "-" and knn.split(" | ")[3].startswith("flat")   # the CPU study has no knn8
+    assert R.GPU_MISSING not in md and "Verdicts by horizon" in page
+    trends = pd.read_csv(tmp_path / "tables" / "horizon_trends.csv")
+    assert sorted(zip(trends.setting, trends.comparison, trends.trend)) == [
+        ("cpu", "exact - vanilla", "growing"), ("gpu", "exact - vanilla", "shrinking"),
+        ("gpu", "knn8 - vanilla", "flat")]
+
+
+def test_consistency_is_split_by_sampler_and_the_ablation_by_arm():
+    fid = _fid_table({"exact": (0.1, 0.2, 0.3)})
+    both = pd.concat([fid.assign(sample_steps=1), fid.assign(sample_steps=2)])
+    assert [label for label, _ in R._experiment_splits("consistency", both)] == [
+        "consistency (1-step sampling)", "consistency (2-step sampling)"]
+    assert R._method_pairs(["vanilla", "exact", "knn"]) == [("exact", "vanilla"), ("knn", "vanilla"),
+                                                            ("knn", "exact")]
