@@ -440,9 +440,9 @@ HORIZON_INTRO = ("The trend of each paired FD gap (method - baseline, per seed) 
                  "least-squares slope of the gap against ln(step), then the 95% t-interval of the mean slope over "
                  "seeds (a slope of -1: the gap falls by one FD point each time the steps grow e-fold). Fixed "
                  "rules: flat when the interval contains 0; shrinking when the slope moves the gap toward zero; "
-                 "growing when away; crossed zero when the fitted line crosses zero within the measured steps and the last step's paired "
-                 "interval lies on the other side (only then is a crossover step given; never extrapolated). "
-                 "Table: [tables/horizon_trends.csv](tables/horizon_trends.csv).")
+                 "growing when away; crossed zero when the fitted line crosses zero within the measured steps and "
+                 "the last step's paired interval lies on the other side (only then is a crossover step given; "
+                 "never extrapolated). Table: [tables/horizon_trends.csv](tables/horizon_trends.csv).")
 GPU_MISSING = ("GPU column: not measured yet. The GPU study writes the same per-snapshot tables under "
                "results/gpu/tables/ (e.g. unconditional_fid.csv); the report adds them as setting gpu.")
 
