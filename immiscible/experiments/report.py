@@ -417,7 +417,9 @@ def horizon_cell(row) -> str:
     where = f"steps {int(row.first_step)}-{int(row.last_step)} ({int(row.steps)}), {int(row.seeds)} seeds"
     if row.trend == NOT_ENOUGH_POINTS:
         return f"{NOT_ENOUGH_POINTS} ({_count(row.steps, 'step')}, {_count(row.seeds, 'seed')})"
-    text = f"{row.trend}: slope {row.slope:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}] per ln(step), {where}"
+    text = f"{row.trend}: slope {row.slope:+.2f} [{row.ci_low:+.2f}, {row.ci_high:+.2f}] per ln(step), {where}; " \
+           f"gap at step {int(row.last_step)}: {row.last_diff_mean:+.2f} [{row.last_diff_ci_low:+.2f}, " \
+           f"{row.last_diff_ci_high:+.2f}]"
     return text + (f"; crosses zero near step {row.crossover_step:.0f}" if np.isfinite(row.crossover_step) else "")
 
 
