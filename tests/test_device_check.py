@@ -51,8 +51,9 @@ def test_device_check_dry_run_writes_its_results(tmp_path):
     data = tmp_path / "bundle" / "data" / "cifar10"
     data.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    np.savez(data / "train.npz", images=rng.integers(0, 256, (96, 32, 32, 3), dtype=np.uint8),
-             labels=rng.integers(0, 10, 96), classes=np.array([f"c{i}" for i in range(10)]))
+    for split, n in (("train", 96), ("test", 64)):
+        np.savez(data / f"{split}.npz", images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 10, n), classes=np.array([f"c{i}" for i in range(10)]))
     out = tmp_path / "out"
     env = {**os.environ, "DRY_RUN": "1", "BUNDLE": str(tmp_path / "bundle"), "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(ROOT / "tools" / "device_check.sh"), str(out)], env=env, capture_output=True,
@@ -64,8 +65,13 @@ def test_device_check_dry_run_writes_its_results(tmp_path):
     assert set(bench.method) == {"vanilla", "exact"} and (bench.seconds_per_step > 0).all()
     step_time = pd.read_csv(out / "consistency_step_time.csv")
     assert set(step_time.objective) == {"eps", "consistency"} and (step_time.seconds_per_step > 0).all()
+    throughput = pd.read_csv(out / "runs_throughput_cuda.csv")
+    assert list(throughput["mode"]) == ["processes", "single", "side_by_side"] and (throughput.images_per_s > 0).all()
+    study = pd.read_csv(out / "gpu" / "tables" / "unconditional_fid.csv")
+    assert set(study.method) == {"vanilla", "exact", "knn"} and len(study) == 18  # 9 runs x 2 snapshots
     log = (out / "device_check.log").read_text()
     assert "== timing" in log and "== bench" in log and "== consistency" in log and "FAILED" not in log
+    assert "== throughput" in log and "== gpu_quick" in log
 
 
 def test_timing_reductions_are_reproducible():

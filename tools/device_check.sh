@@ -11,9 +11,14 @@
 # 3. the training-step overhead of the exact assignment (inline and in a background thread) vs vanilla on the GPU
 #    for the paper's CIFAR-10 UNet (bf16) at B=128 and 512: OUT/assignment_overhead_cuda.csv;
 # 4. consistency training on CUDA (tests/test_consistency.py, the CUDA consistency test) and its seconds per step
-#    vs the eps objective for the consistency `paper` profile's model at B=512: OUT/consistency_step_time.csv.
-# Each part has its own time limit (about 4 minutes in all expected on an H100); the log is OUT/device_check.log and the
-# exit status is non-zero if any part failed.
+#    vs the eps objective for the consistency `paper` profile's model at B=512: OUT/consistency_step_time.csv;
+# 5. side-by-side training on CUDA (the CUDA resume and side-by-side tests of tests/test_cuda.py), and the
+#    images/s of the 32 px profile's 9 runs as 9 processes, one run, side by side, with FLOPs and share of peak
+#    (params.yaml runs_throughput: gpu_small, gpu_ddpm): OUT/runs_throughput_cuda.csv;
+# 6. the GPU study at gpu_quick (tools/gpu_study.sh: data, classifier, 9 runs side by side, evaluation), tables in
+#    GPU_OUT (default results/gpu); CIFAR-10 from GPU_DATA_DIR/cifar10 (default data), else from CIFAR10_ARCHIVE.
+# Each part has its own time limit; the log is OUT/device_check.log and the exit status is non-zero if any part
+# failed. PARTS="side_by_side throughput gpu_quick" runs only the named parts (names as in the log's == lines).
 # DRY_RUN=1 runs the same plumbing on the CPU with tiny sizes (what the test suite does). PYTHON picks the
 # interpreter (default python3), BUNDLE the bundle folder (default .gpu-bundle).
 set -uo pipefail
@@ -40,6 +45,8 @@ log="$out/device_check.log"
 : > "$log"
 part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to OUT/device_check.log, remember a failure
   local name=$1 limit=$2; shift 2
+  [ -z "${PARTS:-}" ] || [[ " $PARTS " == *" $name "* ]] || return 0
+  local override="LIMIT_$name"; limit=${!override:-$limit}  # e.g. LIMIT_gpu_quick=300
   echo "== $name (limit ${limit}s): $*" | tee -a "$log"
   timeout "$limit" "$@" 2>&1 | tee -a "$log"
   local rc=${PIPESTATUS[0]}
@@ -53,6 +60,9 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
     --out "$out/assignment_overhead_cuda.csv"
   part consistency 300 "$py" tools/consistency_step_time.py --profile smoke --steps 6 --data-dir "$data" \
     --out "$out/consistency_step_time.csv"
+  part throughput 300 "$py" -m immiscible.experiments.runs_throughput --setting smoke --out "$out/runs_throughput_cuda.csv"
+  part gpu_quick 600 env DATA_DIR="${GPU_DATA_DIR:-$data}" PYTHON="$py" CHECKPOINT_DIR="$out/checkpoints/unconditional" \
+    CLASSIFIER_DIR="$out/checkpoints/classifier" bash tools/gpu_study.sh gpu_smoke "${GPU_OUT:-$out/gpu}"
   exit $status
 fi
 
@@ -66,4 +76,8 @@ part bench 150 "$py" -m immiscible.experiments.bench --profile paper --batch-siz
 part pytest_consistency 90 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_consistency.py tests/test_cuda.py -k consistency
 part consistency 120 "$py" tools/consistency_step_time.py --profile paper --batch-size 512 --steps 12 --data-dir "$data" \
   --out "$out/consistency_step_time.csv"
+part side_by_side 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -k "side_by_side or resume"
+part throughput 240 "$py" -m immiscible.experiments.runs_throughput --setting gpu_small --setting gpu_ddpm \
+  --out "$out/runs_throughput_cuda.csv"
+part gpu_quick 420 env DATA_DIR="${GPU_DATA_DIR:-data}" PYTHON="$py" bash tools/gpu_study.sh gpu_quick "${GPU_OUT:-results/gpu}"
 exit $status

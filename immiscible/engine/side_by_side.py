@@ -118,7 +118,7 @@ def _resume_all(runs: list[_Run], on_change: str) -> int:
 class _Stack:
     """The runs' parameters, AdamW and EMA stacked along dimension 0; one vmapped forward for all runs."""
 
-    def __init__(self, runs: list[_Run]):
+    def __init__(self, runs: list[_Run], compile: bool = False):
         from torch.func import functional_call, stack_module_state
         self.runs = runs
         models = [run.model for run in runs]
@@ -147,6 +147,8 @@ class _Stack:
         def forward(p, b, x, t, kwargs):
             return functional_call(self.template, (dict(zip(self.names, p)), b), (x, t), kwargs).sample
         self.forward = torch.vmap(forward, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        if compile:  # fewer, fused kernels for the batched forward and backward (compiled on the first step)
+            self.forward = torch.compile(self.forward)
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Each run's gradients scaled by min(1, max_norm / (its own total norm + 1e-6)), as clip_grad_norm_."""
@@ -181,12 +183,14 @@ class _Stack:
 
 
 def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on_change: str = "error",
-                       stack: str = "auto", device: str | torch.device | None = None) -> list[dict]:
+                       stack: str = "auto", device: str | torch.device | None = None,
+                       compile: bool = False) -> list[dict]:
     """Train (or resume) the runs of ``cfgs`` side by side in this process; returns each run's summary.
 
     ``images``/``labels``: the training data (default: cfgs' dataset, as ``train`` loads it); ``stack``: "vmap"
     (stacked weights, one batched computation), "loop" (each run in turn) or "auto" (vmap on a GPU, loop on a
-    CPU); ``device``: default CUDA when available. The runs use the engine's denoising loss of their objective."""
+    CPU); ``device``: default CUDA when available; ``compile``: ``torch.compile`` the stacked forward (vmap only).
+    The runs use the engine's denoising loss of their objective."""
     if stack not in STACKS:
         raise ValueError(f"stack={stack!r}; choose one of {STACKS}")
     if on_change not in ("error", "restart"):
@@ -215,7 +219,7 @@ def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on
     def next_batches(step: int) -> list[tuple]:
         return [source(step) for source in sources]
 
-    stacked = _Stack(runs) if stack == "vmap" else None
+    stacked = _Stack(runs, compile) if stack == "vmap" else None
     loss_fn = make_denoising_loss(base.objective, base.num_train_timesteps, ac, base.label_dropout,
                                   null_label=base.num_classes)
     for run in runs:

@@ -33,6 +33,7 @@ from immiscible.diffusion.schedules import alphas_cumprod
 from immiscible.engine.checkpoints import list_snapshots, load_run_model, snapshot_digest
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import train
+from immiscible.engine.side_by_side import train_side_by_side
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig, classifier_dir, get_extractor
 from immiscible.evaluation.statistics import efficiency_by_seed, efficiency_summary, paired_differences
@@ -40,6 +41,8 @@ from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.io import atomic_save_npy, atomic_write_text
 from immiscible.noise.assignment import assign_noise
 from immiscible.noise.source import METHODS
+
+PROFILE_KEYS = ("methods", "seeds", "side_by_side")  # what a profile may set beyond its sections
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Experiment:
     checkpoint_dir: str                    # runs live in checkpoint_dir/<profile>/<method>-<seed>
     output_dir: str                        # tables/, figures/, metrics/
     name: str = "unconditional"            # prefix of the result files
+    side_by_side: bool = False             # `train` trains every run in one process (engine/side_by_side.py)
 
     def run_dir(self, method: str, seed: int) -> Path:
         return Path(self.checkpoint_dir) / self.profile / f"{method}-{seed}"
@@ -112,13 +116,15 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
           eval_cls: type = EvalConfig, sections: tuple[str, ...] = ("train", "eval", "classifier")) -> Experiment:
     """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute.
     ``group_name``/``eval_cls``/``sections``: another experiment of the same shape (its params group, evaluation
-    config and the sections its profiles may hold)."""
+    config and the sections its profiles may hold). A profile may also set its own ``methods``/``seeds`` (else the
+    group's) and ``side_by_side: true`` (its runs train in one process: ``train_all``)."""
     group, p = load_profile(params, group_name, profile)
-    unknown = set(p) - set(sections)
+    unknown = set(p) - set(sections) - set(PROFILE_KEYS)
     if unknown:
-        raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sections)}")
+        raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: "
+                         f"{', '.join((*sections, *PROFILE_KEYS))}")
     dataset = dataset or group.get("dataset", "cifar10")
-    methods, seeds = methods_and_seeds(group, methods, seeds)
+    methods, seeds = methods_and_seeds({**group, **{k: p[k] for k in ("methods", "seeds") if k in p}}, methods, seeds)
     if objective is not None and objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
     train_values = {**p.get("train", {}), **(train_overrides or {}), "dataset": dataset, "data_dir": data_dir}
@@ -131,16 +137,20 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
     clf = from_dict(ClassifierConfig, {**p.get("classifier", {}), "dataset": dataset, "data_dir": data_dir,
                                        "resolution": train_cfg.resolution, "out_dir": classifier_root})
     return Experiment(profile, methods, seeds, train_cfg, eval_cfg, clf, str(checkpoint_dir), str(output_dir),
-                      name=group_name)
+                      name=group_name, side_by_side=bool(p.get("side_by_side", False)))
 
 
 # ----------------------------------------------------------------------------- training
 
 def train_all(exp: Experiment, on_change: str = "error") -> pd.DataFrame:
-    """Train (or resume, or reuse) every (method, seed) run; then ``training_table``."""
-    for method in exp.methods:
-        for seed in exp.seeds:
-            train(exp.run_config(method, seed), on_change=on_change)
+    """Train (or resume, or reuse) every (method, seed) run, one after the other or (a ``side_by_side`` profile)
+    all in this process at once; then ``training_table``."""
+    cfgs = [exp.run_config(method, seed) for method in exp.methods for seed in exp.seeds]
+    if exp.side_by_side:
+        train_side_by_side(cfgs, on_change=on_change)
+    else:
+        for cfg in cfgs:
+            train(cfg, on_change=on_change)
     return training_table(exp)
 
 
