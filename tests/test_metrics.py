@@ -81,3 +81,22 @@ def test_inception_weights_file_is_used_when_given_and_labelled_fid(tmp_path):
     proxy = get_extractor("auto", classifier_dir(tmp_path, "toy", 8), inception_path=str(path),
                           native_resolution=False)
     assert proxy.name == "proxy" and "FID" not in proxy.label
+
+
+def test_frechet_distance_without_sqrtm_disp_matches_clean_fid(monkeypatch):
+    """Where scipy's sqrtm no longer takes disp= (the GPU image's scipy may be newer), the FD is computed by the same
+    steps as clean-fid's and gives its value."""
+    import scipy.linalg
+    from immiscible.evaluation.distances import frechet_distance_from_stats
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(0.3, 1.2, size=(400, 8))
+    expected = frechet_distance(a, feature_stats(b))
+    assert frechet_distance_from_stats(*feature_stats(a), *feature_stats(b)) == pytest.approx(expected, rel=1e-9)
+    real = scipy.linalg.sqrtm
+
+    def sqrtm_without_disp(A, **kwargs):
+        if "disp" in kwargs:
+            raise TypeError("sqrtm() got an unexpected keyword argument 'disp'")
+        return real(A, **kwargs)
+    monkeypatch.setattr(scipy.linalg, "sqrtm", sqrtm_without_disp)
+    assert frechet_distance(a, feature_stats(b)) == pytest.approx(expected, rel=1e-9)
