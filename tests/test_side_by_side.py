@@ -130,3 +130,19 @@ def test_runs_of_different_settings_are_refused(tmp_path, images):
         train_side_by_side(cfgs, images=images, stack="threads")
     with pytest.raises(ValueError, match="fp16"):
         train_side_by_side([replace(c, mixed_precision="fp16") for c in cfgs], images=images)
+
+
+def test_consistency_runs_side_by_side_equal_single_runs(tmp_path, images):
+    """The consistency loss (two passes of the same network, one under stop-gradient) through the same split:
+    loop mode bitwise, vmap mode within the tolerance."""
+    from immiscible.diffusion.consistency import ConsistencyConfig, make_consistency_loss
+    ct = ConsistencyConfig(s0=2, s1=8)
+    single = configs(tmp_path / "single")
+    for cfg in single:
+        train(cfg, images=images, loss_fn=make_consistency_loss(ct, cfg.steps))
+    for stack in ("loop", "vmap"):
+        together = configs(tmp_path / stack)
+        train_side_by_side(together, images=images, stack=stack, loss=make_consistency_loss(ct, together[0].steps))
+        for a, b in zip(single, together):
+            d = max_weight_difference(Path(a.output_dir) / FILES[0], Path(b.output_dir) / FILES[0])
+            assert (d == 0.0) if stack == "loop" else (d <= VMAP_WEIGHT_TOLERANCE), (stack, a.method, d)

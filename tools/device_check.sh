@@ -61,8 +61,7 @@ if [ "${DRY_RUN:-0}" = 1 ]; then
   part consistency 300 "$py" tools/consistency_step_time.py --profile smoke --steps 6 --data-dir "$data" \
     --out "$out/consistency_step_time.csv"
   part throughput 300 "$py" -m immiscible.experiments.runs_throughput --setting smoke --out "$out/runs_throughput_cuda.csv"
-  part gpu_quick 600 env DATA_DIR="${GPU_DATA_DIR:-$data}" PYTHON="$py" CHECKPOINT_DIR="$out/checkpoints/unconditional" \
-    CLASSIFIER_DIR="$out/checkpoints/classifier" bash tools/gpu_study.sh gpu_smoke "${GPU_OUT:-$out/gpu}"
+  part gpu_quick 600 env DATA_DIR="${GPU_DATA_DIR:-$data}" PYTHON="$py" CHECKPOINT_ROOT="$out/checkpoints" bash tools/gpu_study.sh gpu_smoke "${GPU_OUT:-$out/gpu}"
   exit $status
 fi
 

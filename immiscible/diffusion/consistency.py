@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from immiscible.data import to_uint8
+from immiscible.diffusion.losses import SplitLoss
 from immiscible.diffusion.objectives import append_dims
 
 
@@ -139,20 +140,23 @@ def consistency_training_loss(model, x0: torch.Tensor, noise: torch.Tensor, sigm
     return (weight * pseudo_huber(student, teacher, huber_c(cfg, x0[0].numel()))).mean()
 
 
-def make_consistency_loss(cfg: ConsistencyConfig, total_steps: int):
+def make_consistency_loss(cfg: ConsistencyConfig, total_steps: int) -> SplitLoss:
     """The engine's ``loss_fn(model, x0, noise, generator, step, labels)`` for consistency training: the step's
     discretisation from the curriculum, the pair index from the step's generator (lognormal), then
     ``consistency_training_loss`` on the step's (assigned) noise."""
     check_consistency_config(cfg)
 
-    def loss_fn(model, x0, noise, generator, step, labels=None):
+    def draw(x0, generator, step, labels=None) -> dict:
         n = discretisation_steps(step, total_steps, cfg.s0, cfg.s1)
         sigmas = karras_sigmas(n, cfg.sigma_min, cfg.sigma_max, cfg.rho).to(x0.device)  # no host sync below
         probs = lognormal_index_probs(sigmas, cfg.p_mean, cfg.p_std)
         i = torch.multinomial(probs, x0.shape[0], replacement=True, generator=generator)
-        kwargs = {} if labels is None else {"class_labels": labels}
-        return consistency_training_loss(model, x0, noise, sigmas[i], sigmas[i + 1], cfg, **kwargs)
-    return loss_fn
+        drawn = {"sigma_i": sigmas[i], "sigma_next": sigmas[i + 1]}
+        return drawn if labels is None else {**drawn, "class_labels": labels}
+
+    def compute(model, x0, noise, sigma_i, sigma_next, **kwargs):
+        return consistency_training_loss(model, x0, noise, sigma_i, sigma_next, cfg, **kwargs)
+    return SplitLoss(draw, compute)
 
 
 def sampling_sigmas(cfg: ConsistencyConfig, num_steps: int) -> tuple[float, ...]:

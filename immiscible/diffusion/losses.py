@@ -24,15 +24,34 @@ def drop_labels(labels: torch.Tensor, label_dropout: float, null_label: int,
     return torch.where(drop.to(labels.device) < label_dropout, torch.full_like(labels, null_label), labels)
 
 
+class SplitLoss:
+    """A training loss in two parts, so that many runs can share the second one (engine/side_by_side.py):
+
+    - ``draw(x0, generator, step, labels) -> dict`` of tensors: everything random of the step (timesteps, label
+      dropout, noise-level indices), drawn from the run's own step generator;
+    - ``compute(model, x0, noise, **drawn) -> loss``: a pure function of the model and tensors, vmappable.
+
+    Called as ``loss(model, x0, noise, generator, step, labels)`` it is the engine's ``loss_fn``."""
+
+    def __init__(self, draw, compute):
+        self.draw, self.compute = draw, compute
+
+    def __call__(self, model, x0, noise, generator, step, labels=None):
+        return self.compute(model, x0, noise, **self.draw(x0, generator, step, labels))
+
+
 def make_denoising_loss(objective: str, num_train_timesteps: int, alphas_cumprod: torch.Tensor | None,
-                        label_dropout: float = 0.0, null_label: int = 0):
+                        label_dropout: float = 0.0, null_label: int = 0) -> SplitLoss:
     """The engine's default ``loss_fn(model, x0, noise, generator, step, labels)``: t drawn from the step's
     generator (uniform integers in [0, T) for diffusion, uniform [0, 1] for flow), then ``denoising_loss``. With
     labels, a share ``label_dropout`` of them (drawn from the same generator, after t) becomes ``null_label``."""
-    def loss_fn(model, x0, noise, generator, step, labels=None):
-        t = sample_t(objective, x0.shape[0], num_train_timesteps, generator, x0.device)
-        if labels is not None and label_dropout > 0:
-            labels = drop_labels(labels, label_dropout, null_label, generator)
-        kwargs = {} if labels is None else {"class_labels": labels}
+    def draw(x0, generator, step, labels=None) -> dict:
+        drawn = {"t": sample_t(objective, x0.shape[0], num_train_timesteps, generator, x0.device)}
+        if labels is not None:
+            drawn["class_labels"] = (drop_labels(labels, label_dropout, null_label, generator)
+                                     if label_dropout > 0 else labels)
+        return drawn
+
+    def compute(model, x0, noise, t, **kwargs):
         return denoising_loss(model, x0, noise, t, objective, alphas_cumprod, num_train_timesteps, **kwargs)
-    return loss_fn
+    return SplitLoss(draw, compute)

@@ -31,12 +31,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from immiscible.config import to_dict
-from immiscible.diffusion.losses import drop_labels, make_denoising_loss
-from immiscible.diffusion.objectives import model_time, sample_t, training_pair
+from immiscible.diffusion.losses import SplitLoss, make_denoising_loss
 from immiscible.diffusion.schedules import alphas_cumprod
 from immiscible.engine.checkpoints import save_checkpoint, save_snapshot
 from immiscible.engine.config import TrainConfig, check_config
@@ -116,9 +114,10 @@ def _resume_all(runs: list[_Run], on_change: str) -> int:
 
 
 class _Stack:
-    """The runs' parameters, AdamW and EMA stacked along dimension 0; one vmapped forward for all runs."""
+    """The runs' parameters, AdamW and EMA stacked along dimension 0; one vmapped loss (``SplitLoss.compute``)
+    for all runs."""
 
-    def __init__(self, runs: list[_Run], compile: bool = False):
+    def __init__(self, runs: list[_Run], loss: SplitLoss, compile: bool = False):
         from torch.func import functional_call, stack_module_state
         self.runs = runs
         models = [run.model for run in runs]
@@ -144,11 +143,13 @@ class _Stack:
         self.shadow = [torch.stack(s).clone() for s in zip(*(run.ema.shadow_params for run in runs))]
         self.ema = runs[0].ema  # its decay schedule (optimization_step) is every run's: they step together
 
-        def forward(p, b, x, t, kwargs):
-            return functional_call(self.template, (dict(zip(self.names, p)), b), (x, t), kwargs).sample
-        self.forward = torch.vmap(forward, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        def run_loss(p, b, x0, noise, drawn):  # one run's loss, its model a functional view of its weights
+            def model(x, t, **kwargs):
+                return functional_call(self.template, (dict(zip(self.names, p)), b), (x, t), kwargs)
+            return loss.compute(model, x0, noise, **drawn)
+        self.losses = torch.vmap(run_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
         if compile:  # fewer, fused kernels for the batched forward and backward (compiled on the first step)
-            self.forward = torch.compile(self.forward)
+            self.losses = torch.compile(self.losses)
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Each run's gradients scaled by min(1, max_norm / (its own total norm + 1e-6)), as clip_grad_norm_."""
@@ -184,13 +185,14 @@ class _Stack:
 
 def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on_change: str = "error",
                        stack: str = "auto", device: str | torch.device | None = None,
-                       compile: bool = False) -> list[dict]:
+                       compile: bool = False, loss: SplitLoss | None = None) -> list[dict]:
     """Train (or resume) the runs of ``cfgs`` side by side in this process; returns each run's summary.
 
     ``images``/``labels``: the training data (default: cfgs' dataset, as ``train`` loads it); ``stack``: "vmap"
     (stacked weights, one batched computation), "loop" (each run in turn) or "auto" (vmap on a GPU, loop on a
-    CPU); ``device``: default CUDA when available; ``compile``: ``torch.compile`` the stacked forward (vmap only).
-    The runs use the engine's denoising loss of their objective."""
+    CPU); ``device``: default CUDA when available; ``compile``: ``torch.compile`` the stacked loss (vmap only);
+    ``loss``: a ``SplitLoss`` (default: the engine's denoising loss of the runs' objective; consistency training
+    passes its own)."""
     if stack not in STACKS:
         raise ValueError(f"stack={stack!r}; choose one of {STACKS}")
     if on_change not in ("error", "restart"):
@@ -219,9 +221,9 @@ def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on
     def next_batches(step: int) -> list[tuple]:
         return [source(step) for source in sources]
 
-    stacked = _Stack(runs, compile) if stack == "vmap" else None
-    loss_fn = make_denoising_loss(base.objective, base.num_train_timesteps, ac, base.label_dropout,
-                                  null_label=base.num_classes)
+    loss = loss or make_denoising_loss(base.objective, base.num_train_timesteps, ac, base.label_dropout,
+                                       null_label=base.num_classes)
+    stacked = _Stack(runs, loss, compile) if stack == "vmap" else None
     for run in runs:
         run.model.train()
     n_runs = len(runs)
@@ -241,11 +243,11 @@ def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on
                 x0.record_stream(main_stream)
                 noise.record_stream(main_stream)
         if stacked is None:
-            losses = torch.stack([_loop_step(run, b, step, loss_fn, autocast_dtype, device)
+            losses = torch.stack([_loop_step(run, b, step, loss, autocast_dtype, device)
                                   for run, b in zip(runs, batch)])
         else:
             torch.manual_seed(int(step_generator(base.seed, step, 1).initial_seed()))  # dropout
-            losses = _stacked_step(stacked, batch, base, ac, autocast_dtype, device)
+            losses = _stacked_step(stacked, loss, batch, step, base, autocast_dtype, device)
         loss_sum += losses.detach().double()
         loss_count += 1
 
@@ -308,24 +310,15 @@ def _loop_step(run: _Run, batch: tuple, step: int, loss_fn, autocast_dtype, devi
     return loss.detach()
 
 
-def _stacked_step(stacked: _Stack, batch: list[tuple], cfg: TrainConfig, ac, autocast_dtype,
-                  device) -> torch.Tensor:
+def _stacked_step(stacked: _Stack, loss: SplitLoss, batch: list[tuple], step: int, cfg: TrainConfig,
+                  autocast_dtype, device) -> torch.Tensor:
     """One step of every run as one batched computation; returns the runs' losses (R,)."""
-    x_ts, times, targets, class_labels = [], [], [], []
-    for x0, y, generator, noise, _ in batch:  # each run's t (and label dropout) from its own generator
-        t = sample_t(cfg.objective, x0.shape[0], cfg.num_train_timesteps, generator, device)
-        if y is not None and cfg.label_dropout > 0:
-            y = drop_labels(y, cfg.label_dropout, cfg.num_classes, generator)
-        x_t, target = training_pair(cfg.objective, x0, noise, t, ac)
-        x_ts.append(x_t)
-        times.append(model_time(cfg.objective, t, cfg.num_train_timesteps))
-        targets.append(target)
-        class_labels.append(y)
-    kwargs = {} if class_labels[0] is None else {"class_labels": torch.stack(class_labels)}
+    drawn = [loss.draw(x0, generator, step, y) for x0, y, generator, _, _ in batch]  # each from its own generator
+    stacked_drawn = {k: torch.stack([d[k] for d in drawn]) for k in drawn[0]}
+    x0 = torch.stack([b[0] for b in batch])
+    noise = torch.stack([b[3] for b in batch])
     with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        prediction = stacked.forward(stacked.params, stacked.buffers, torch.stack(x_ts), torch.stack(times), kwargs)
-    target = torch.stack(targets)
-    losses = F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+        losses = stacked.losses(stacked.params, stacked.buffers, x0, noise, stacked_drawn)
     losses.sum().backward()  # runs share no weights: each run's slice receives its own loss's gradient
     if cfg.grad_clip > 0:
         stacked.clip_grad_norm_(cfg.grad_clip)
@@ -333,4 +326,4 @@ def _stacked_step(stacked: _Stack, batch: list[tuple], cfg: TrainConfig, ac, aut
     stacked.lr_scheduler.step()
     stacked.optimizer.zero_grad(set_to_none=True)
     stacked.ema_step()
-    return losses.detach()
+    return losses.detach().float()

@@ -278,10 +278,11 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint-dir", default="checkpoints/ablation")
     p.add_argument("--classifier-dir", default="checkpoints/classifier")
     p.add_argument("--output-dir", default="results")
+    p.add_argument("--reuse-root", default="checkpoints", help="where the reused runs' experiments keep their runs")
     a = p.parse_args(argv)
     profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
     exp = setup(profile, a.params, data_dir=a.data_dir, checkpoint_dir=a.checkpoint_dir, output_dir=a.output_dir,
-                classifier_root=a.classifier_dir)
+                classifier_root=a.classifier_dir, reuse_root=a.reuse_root)
     if a.command == "classifier":
         print(json.dumps(train_classifiers(exp), indent=2))
     else:

@@ -1,6 +1,7 @@
 """Training runs of the ablation that asks why immiscible training is worse here (its evaluation is ``ablation``):
 
     python -m immiscible.experiments.ablation_train --run base-knn8 --seed 0      # DVC train_ablation@base-knn8-0
+    python -m immiscible.experiments.ablation_train --all --profile gpu           # every run, each arm side by side
 
 A run is named ``<arm>-<variant>``. The arm (params.yaml ``ablation.arms``) changes one thing of the setting: the
 unconditional experiment's profile ``train`` with ``ablation.profiles.<profile>.train`` on top (fewer steps). The
@@ -21,6 +22,7 @@ from immiscible.config import from_dict, load_profile, load_yaml_group
 from immiscible.engine.checkpoints import check_resumable
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import end_distributed, train
+from immiscible.engine.side_by_side import train_side_by_side
 
 GROUP = "ablation"
 BASE_GROUP = "unconditional"        # the setting every arm starts from
@@ -135,10 +137,21 @@ def reused_config(ab: Ablation, run: str, seed: int) -> TrainConfig:
     return cfg
 
 
+def train_arms_side_by_side(ab: Ablation, on_change: str = "restart") -> list[dict]:
+    """Every run trained here (not the reused ones), the runs of each arm (its variants x seeds: one setting) side by
+    side in this process (``train_side_by_side``), arm after arm."""
+    summaries = []
+    for arm in dict.fromkeys(parse_run(r, ab.arms)[0] for r in ab.runs):
+        cfgs = [ab.run_config(r, s) for r in ab.runs if parse_run(r, ab.arms)[0] == arm for s in ab.seeds]
+        summaries += train_side_by_side(cfgs, on_change=on_change)
+    return summaries
+
+
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Train one run of the ablation (arm, variant, seed).")
-    p.add_argument("--run", required=True, help="<arm>-<variant>, one of params.yaml ablation.runs")
-    p.add_argument("--seed", type=int, required=True)
+    p = argparse.ArgumentParser(description="Train one run of the ablation (arm, variant, seed), or all of them.")
+    p.add_argument("--run", help="<arm>-<variant>, one of params.yaml ablation.runs")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--all", action="store_true", help="every run of the profile, each arm's runs side by side")
     p.add_argument("--profile", default=None, help=f"default: params.yaml {GROUP}.profile")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--data-dir", default="data")
@@ -146,6 +159,13 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
     ab = setup(profile, a.params, data_dir=a.data_dir, checkpoint_dir=a.checkpoint_dir)
+    if a.all:
+        if a.run or a.seed is not None:
+            p.error("--all trains every run: give either --all or --run and --seed")
+        print(json.dumps(train_arms_side_by_side(ab), indent=2))
+        return
+    if a.run is None or a.seed is None:
+        p.error("give --run and --seed (one run) or --all (every run)")
     if a.run not in ab.runs:
         p.error(f"--run {a.run!r} is not one of {GROUP}.runs {list(ab.runs)} (reused runs are trained by their "
                 "own experiment)")

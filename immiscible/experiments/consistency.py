@@ -33,7 +33,7 @@ from immiscible.experiments.unconditional import (Experiment, _extractor_key, ef
                                                   reference_split,
                                                   snapshots_to_evaluate, training_table, write_csv,
                                                   write_training_tables)
-from immiscible.experiments.consistency_train import GROUP, run_settings, train_run
+from immiscible.experiments.consistency_train import GROUP, run_settings, train_run, train_runs_side_by_side
 from immiscible.io import atomic_save_npy, atomic_write_text
 
 
@@ -64,7 +64,7 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
     """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute."""
     train_cfg, ct, group, p = run_settings(params, profile, dataset, data_dir, steps, train_overrides,
                                            consistency_overrides)
-    methods, seeds = methods_and_seeds(group, methods, seeds)
+    methods, seeds = methods_and_seeds({**group, **{k: p[k] for k in ("methods", "seeds") if k in p}}, methods, seeds)
     eval_cfg = from_dict(ConsistencyEvalConfig, {**group.get("feature_extractor", {}), **p.get("eval", {}),
                                                  **(eval_overrides or {})})
     for k in eval_cfg.sample_steps:
@@ -74,14 +74,19 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
                                        "data_dir": data_dir, "resolution": train_cfg.resolution,
                                        "out_dir": classifier_root})
     return ConsistencyExperiment(profile, methods, seeds, train_cfg, eval_cfg, clf, str(checkpoint_dir),
-                                 str(output_dir), name=GROUP, consistency=ct)
+                                 str(output_dir), name=GROUP, side_by_side=bool(p.get("side_by_side", False)),
+                                 consistency=ct)
 
 
 def train_all(exp: ConsistencyExperiment, on_change: str = "error") -> pd.DataFrame:
-    """Train (or resume, or reuse) every (method, seed) run; then the training table."""
-    for method in exp.methods:
-        for seed in exp.seeds:
-            train_run(exp.run_config(method, seed), exp.consistency, on_change)
+    """Train (or resume, or reuse) every (method, seed) run, one after the other or (a ``side_by_side`` profile)
+    all in this process at once; then the training table."""
+    cfgs = [exp.run_config(method, seed) for method in exp.methods for seed in exp.seeds]
+    if exp.side_by_side:
+        train_runs_side_by_side(cfgs, exp.consistency, on_change)
+    else:
+        for cfg in cfgs:
+            train_run(cfg, exp.consistency, on_change)
     return training_table(exp)
 
 

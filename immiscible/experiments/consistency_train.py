@@ -20,8 +20,11 @@ from immiscible.config import from_dict, load_profile, load_yaml_group, to_dict
 from immiscible.diffusion.consistency import ConsistencyConfig, check_consistency_config, make_consistency_loss
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import end_distributed, train
+from immiscible.engine.side_by_side import train_side_by_side
 from immiscible.io import atomic_write_text
 from immiscible.noise.source import METHODS
+
+PROFILE_KEYS = ("methods", "seeds", "side_by_side")  # what a profile may set beyond its sections
 
 GROUP = "consistency"
 
@@ -31,10 +34,10 @@ def run_settings(params: str = "params.yaml", profile: str = "smoke", dataset: s
                  consistency_overrides: dict | None = None) -> tuple[TrainConfig, ConsistencyConfig, dict, dict]:
     """(base TrainConfig, ConsistencyConfig, the params group, the profile), validated before any compute."""
     group, p = load_profile(params, GROUP, profile)
-    unknown = set(p) - {"train", "consistency", "eval", "classifier"}
+    unknown = set(p) - {"train", "consistency", "eval", "classifier", *PROFILE_KEYS}
     if unknown:
         raise ValueError(f"profile {profile!r}: unknown key(s) {sorted(unknown)}; allowed: train, consistency, "
-                         "eval, classifier")
+                         f"eval, classifier, {', '.join(PROFILE_KEYS)}")
     values = {**p.get("train", {}), **(train_overrides or {}), "dataset": dataset or group.get("dataset", "cifar10"),
               "data_dir": data_dir}
     if steps is not None:
@@ -51,9 +54,9 @@ def consistency_record(cfg: TrainConfig, ct: ConsistencyConfig) -> dict:
     return to_dict(ct) | {"curriculum_steps": cfg.steps}
 
 
-def train_run(cfg: TrainConfig, ct: ConsistencyConfig, on_change: str = "error") -> dict:
-    """Train (or resume) one consistency run into cfg.output_dir. A folder holding a run with other consistency
-    settings is restarted (``on_change="restart"``, what the DVC stage does) or refused (``"error"``)."""
+def _record_settings(cfg: TrainConfig, ct: ConsistencyConfig, on_change: str) -> dict:
+    """Check cfg.output_dir's consistency settings against ``ct`` (restart or refuse a run made with others) and
+    write them; returns them."""
     run_dir = Path(cfg.output_dir)
     wanted = consistency_record(cfg, ct)
     saved_path = run_dir / "consistency_config.json"
@@ -67,10 +70,33 @@ def train_run(cfg: TrainConfig, ct: ConsistencyConfig, on_change: str = "error")
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(saved_path, json.dumps(wanted, indent=2) + "\n")
-    summary = train(cfg, on_change=on_change, loss_fn=make_consistency_loss(ct, cfg.steps))
+    return wanted
+
+
+def _rewrite_settings(cfg: TrainConfig, wanted: dict) -> None:
+    saved_path = Path(cfg.output_dir) / "consistency_config.json"
     if not saved_path.exists():  # the engine restarted the folder for a changed TrainConfig
         atomic_write_text(saved_path, json.dumps(wanted, indent=2) + "\n")
+
+
+def train_run(cfg: TrainConfig, ct: ConsistencyConfig, on_change: str = "error") -> dict:
+    """Train (or resume) one consistency run into cfg.output_dir. A folder holding a run with other consistency
+    settings is restarted (``on_change="restart"``, what the DVC stage does) or refused (``"error"``)."""
+    wanted = _record_settings(cfg, ct, on_change)
+    summary = train(cfg, on_change=on_change, loss_fn=make_consistency_loss(ct, cfg.steps))
+    _rewrite_settings(cfg, wanted)
     return summary
+
+
+def train_runs_side_by_side(cfgs: list[TrainConfig], ct: ConsistencyConfig, on_change: str = "error") -> list[dict]:
+    """Train (or resume) the consistency runs of ``cfgs`` (one setting) side by side in this process
+    (``train_side_by_side`` with the consistency loss), each run's settings checked and recorded as ``train_run``
+    does."""
+    wanted = [_record_settings(cfg, ct, on_change) for cfg in cfgs]
+    summaries = train_side_by_side(cfgs, on_change=on_change, loss=make_consistency_loss(ct, cfgs[0].steps))
+    for cfg, w in zip(cfgs, wanted):
+        _rewrite_settings(cfg, w)
+    return summaries
 
 
 def run_dir(checkpoint_dir: str, profile: str, method: str, seed: int) -> Path:
