@@ -146,3 +146,21 @@ def test_consistency_runs_side_by_side_equal_single_runs(tmp_path, images):
         for a, b in zip(single, together):
             d = max_weight_difference(Path(a.output_dir) / FILES[0], Path(b.output_dir) / FILES[0])
             assert (d == 0.0) if stack == "loop" else (d <= VMAP_WEIGHT_TOLERANCE), (stack, a.method, d)
+
+
+def test_a_run_without_the_common_checkpoint_is_refused(tmp_path, images):
+    cfgs = configs(tmp_path, checkpoints_total_limit=1)
+    train_side_by_side([replace(c, steps=3) for c in cfgs], images=images, stack="loop")
+    train(cfgs[0], images=images)  # run 0 to step 6, keeping only its newest checkpoint
+    with pytest.raises(FileNotFoundError, match="no checkpoint of step 3"):
+        train_side_by_side(cfgs, images=images, stack="loop")
+
+
+def test_throughput_settings_are_checked():
+    from immiscible.experiments.runs_throughput import runs_throughput
+    setting = {"train": {"model": "tiny", "resolution": 8, "batch_size": 16}, "methods": ["vanilla"], "seeds": [0],
+               "steps": 6, "warmup": 2}
+    with pytest.raises(ValueError, match="unknown mode"):
+        runs_throughput({**setting, "modes": ["gpus"]}, "x", device="cpu")
+    with pytest.raises(ValueError, match="at least twice warmup"):
+        runs_throughput({**setting, "warmup": 4}, "x", device="cpu")

@@ -76,7 +76,7 @@ part pytest_consistency 90 "$py" -m pytest -q -rs -p no:cacheprovider tests/test
 part consistency 120 "$py" tools/consistency_step_time.py --profile paper --batch-size 512 --steps 12 --data-dir "$data" \
   --out "$out/consistency_step_time.csv"
 part side_by_side 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py -k "side_by_side or resume"
-part throughput 240 "$py" -m immiscible.experiments.runs_throughput --setting gpu_small --setting gpu_ddpm \
+part throughput 300 "$py" -m immiscible.experiments.runs_throughput --setting gpu_small --setting gpu_ddpm \
   --out "$out/runs_throughput_cuda.csv"
 part gpu_quick 420 env DATA_DIR="${GPU_DATA_DIR:-data}" PYTHON="$py" bash tools/gpu_study.sh gpu_quick "${GPU_OUT:-results/gpu}"
 exit $status

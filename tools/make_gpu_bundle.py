@@ -3,7 +3,8 @@
     python tools/make_gpu_bundle.py            # (`make gpu-bundle`) writes .gpu-bundle/, ignored by git
 
 .gpu-bundle/wheels/  wheels of the packages the check needs beyond a CUDA PyTorch image (lap for the exact
-                     solve; diffusers for the training-step benchmark), for CPython 3.12 on x86-64 Linux
+                     solve; diffusers for training; clean-fid for the GPU study's Frechet distances), for CPython
+                     3.12 on x86-64 Linux
 .gpu-bundle/data/    the first 8192 CIFAR-10 training images in the project's prepared format (from data/cifar10,
                      so run `make data` first), enough for the timing up to B=8192 and the benchmark
 
@@ -23,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 # Missing from a typical CUDA PyTorch image (which has numpy, scipy, pandas, matplotlib, tqdm, pyyaml, safetensors,
 # accelerate, huggingface-hub, requests, regex, filelock, pillow, pytest). Versions follow constraints.txt.
-PACKAGES = ("lap", "diffusers")
+PACKAGES = ("lap", "diffusers", "clean-fid")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "manylinux1_x86_64")
 

@@ -4,7 +4,8 @@
   the DVC matrix trains them today, the baseline;
 - ``single``: one run alone in this process (``train``);
 - ``side_by_side``: every run in this process (``train_side_by_side``; ``vmap`` on a GPU, ``loop`` on a CPU);
-  ``side_by_side_compiled``: the same with the stacked forward compiled (``torch.compile``), where a setting asks.
+  ``side_by_side_vmap``: stacked (vmap) whatever the device (on a CPU the default is ``loop``);
+  ``side_by_side_compiled``: stacked with the stacked loss compiled (``torch.compile``).
 
 Every mode trains the real engine (data order, flips, noise drawn and paired by the run's method, loss, AdamW,
 clipping, EMA) on random uint8 images of the profile's size, for ``steps`` steps; its rate is taken from the runs'
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,8 +44,8 @@ from immiscible.experiments.timing import hardware_description
 from immiscible.io import atomic_write_text
 from immiscible.models import build_unet
 
-MODES = ("processes", "single", "side_by_side", "side_by_side_compiled")
-DEFAULT_MODES = MODES[:3]  # side_by_side_compiled (torch.compile of the stacked forward) only where a setting asks
+MODES = ("processes", "single", "side_by_side", "side_by_side_vmap", "side_by_side_compiled")
+DEFAULT_MODES = MODES[:3]  # the others only where a setting asks
 
 
 def flops_per_image(cfg: TrainConfig, device: torch.device, batch: int = 8) -> float:
@@ -109,10 +111,12 @@ def measure_single(cfgs: list[TrainConfig], device: torch.device) -> float:
     return steps * cfg.batch_size / seconds
 
 
-def measure_side_by_side(cfgs: list[TrainConfig], device: torch.device, compile: bool = False) -> float:
-    """Images/s of every run trained side by side in this process (``compile``: its stacked forward compiled)."""
-    cfgs = [replace(c, output_dir=c.output_dir + ("-compiled" if compile else "-together")) for c in cfgs]
-    train_side_by_side(cfgs, images=random_images(cfgs[0]), device=device, compile=compile)
+def measure_side_by_side(cfgs: list[TrainConfig], device: torch.device, stack: str = "auto",
+                         compile: bool = False) -> float:
+    """Images/s of every run trained side by side in this process (``stack``: train_side_by_side's; ``compile``:
+    its stacked loss compiled)."""
+    cfgs = [replace(c, output_dir=f"{c.output_dir}-{stack}{'-compiled' if compile else ''}") for c in cfgs]
+    train_side_by_side(cfgs, images=random_images(cfgs[0]), device=device, stack=stack, compile=compile)
     steps, seconds, _ = _window(Path(cfgs[0].output_dir), cfgs[0].log_every)
     return len(cfgs) * steps * cfgs[0].batch_size / seconds
 
@@ -150,44 +154,60 @@ def _worker(cfg_json: str) -> None:
 
 
 MEASURES = {"processes": measure_processes, "single": measure_single, "side_by_side": measure_side_by_side,
-            "side_by_side_compiled": lambda cfgs, device: measure_side_by_side(cfgs, device, compile=True)}
+            "side_by_side_vmap": lambda cfgs, device: measure_side_by_side(cfgs, device, "vmap"),
+            "side_by_side_compiled": lambda cfgs, device: measure_side_by_side(cfgs, device, "vmap", compile=True)}
 
 
 def runs_throughput(setting: dict, name: str, device: torch.device | None = None, peak: float | None = None,
                     workdir: str | Path | None = None) -> pd.DataFrame:
-    """One row per mode of ``setting`` (``train``, ``methods``, ``seeds``, ``steps``, ``warmup``, ``modes``):
-    images/s, its ratio to the ``processes`` baseline and to ``single``, FLOP/s and its share of the peak."""
+    """One row per mode of ``setting`` (``train``, ``methods``, ``seeds``, ``steps``, ``warmup``, ``modes``,
+    ``repeats``): the median images/s over the repeats (modes alternate within a repeat), the median ratio to the
+    ``processes`` baseline and to ``single`` within a repeat (with the range over repeats), FLOP/s and its share
+    of the peak."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     modes = tuple(setting.get("modes", DEFAULT_MODES))
+    repeats = int(setting.get("repeats", 1))
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown mode(s) {unknown}; choose from {MODES}")
     if int(setting["steps"]) < 2 * int(setting["warmup"]):
         raise ValueError(f"steps={setting['steps']} must be at least twice warmup={setting['warmup']}")
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats} must be >= 1")
+    rates: dict[str, list[float]] = {mode: [] for mode in modes}
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         cfgs = run_configs(setting, Path(tmp))
         flops = flops_per_image(cfgs[0], device)
         peak = peak or matmul_peak(device)
-        rates = {}
-        for mode in modes:
-            try:
-                rates[mode] = MEASURES[mode](cfgs, device)
-            except Exception as e:  # a mode that fails here (e.g. compilation) is reported, not hidden
-                if mode == "processes" or mode == "single":
-                    raise
-                print(f"{name} {mode} FAILED: {type(e).__name__}: {e}", flush=True)
-                rates[mode] = float("nan")
-            print(f"{name} {mode}: {rates[mode]:.0f} images/s", flush=True)
+        for r in range(repeats):
+            for mode in modes:
+                folder = Path(tmp) / f"repeat{r}"
+                try:
+                    rate = MEASURES[mode](run_configs(setting, folder), device)
+                except Exception as e:  # a mode that fails here (e.g. compilation) is reported, not hidden
+                    if mode in ("processes", "single"):
+                        raise
+                    print(f"{name} {mode} FAILED: {type(e).__name__}: {e}", flush=True)
+                    rate = float("nan")
+                rates[mode].append(rate)
+                print(f"{name} repeat {r} {mode}: {rate:.0f} images/s", flush=True)
+
+    def ratios(mode: str, base: str) -> list[float]:
+        return [a / b for a, b in zip(rates[mode], rates[base])] if base in rates else [float("nan")]
+
     rows = []
-    for mode, rate in rates.items():
+    for mode, values in rates.items():
+        vs_single = ratios(mode, "single")
         rows.append({"setting": name, "mode": mode, "runs": len(cfgs) if mode != "single" else 1,
                      "model": cfgs[0].model, "resolution": cfgs[0].resolution, "batch_size": cfgs[0].batch_size,
                      "mixed_precision": cfgs[0].mixed_precision if device.type == "cuda" else "no",
-                     "steps_timed": int(setting["steps"]) - int(setting["warmup"]), "images_per_s": rate,
-                     "vs_processes": rate / rates["processes"] if "processes" in rates else float("nan"),
-                     "vs_single": rate / rates["single"] if "single" in rates else float("nan"),
-                     "gflops_per_image": flops / 1e9, "tflops_per_s": rate * flops / 1e12,
-                     "peak_tflops_per_s": peak / 1e12, "fraction_of_peak": rate * flops / peak,
+                     "steps_timed": int(setting["steps"]) - int(setting["warmup"]), "repeats": repeats,
+                     "images_per_s": statistics.median(values),
+                     "vs_processes": statistics.median(ratios(mode, "processes")),
+                     "vs_single": statistics.median(vs_single), "vs_single_min": min(vs_single),
+                     "vs_single_max": max(vs_single), "gflops_per_image": flops / 1e9,
+                     "tflops_per_s": statistics.median(values) * flops / 1e12, "peak_tflops_per_s": peak / 1e12,
+                     "fraction_of_peak": statistics.median(values) * flops / peak,
                      "device": device.type, "hardware": hardware_description(str(device))})
     return pd.DataFrame(rows)
 
@@ -212,8 +232,8 @@ def main(argv=None) -> None:
     frames = [runs_throughput(group["settings"][n], n) for n in names]
     df = pd.concat(frames, ignore_index=True)
     atomic_write_text(a.out, df.to_csv(index=False))
-    print(df[["setting", "mode", "runs", "images_per_s", "vs_processes", "vs_single", "gflops_per_image",
-              "tflops_per_s", "fraction_of_peak"]].round(3).to_string(index=False))
+    print(df[["setting", "mode", "runs", "images_per_s", "vs_processes", "vs_single", "vs_single_min",
+              "vs_single_max", "gflops_per_image", "tflops_per_s", "fraction_of_peak"]].round(3).to_string(index=False))
 
 
 if __name__ == "__main__":
