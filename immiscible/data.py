@@ -17,6 +17,7 @@ release is downloaded through torchvision, which verifies its MD5 checksum.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -191,9 +192,19 @@ def _collect(entries: dict[str, list[tuple[str, callable]]], source: str) -> tup
         if images.ndim == 3:
             images = images[..., None]
         out[split] = ImageDataset(images.astype(np.uint8), np.asarray(labels, dtype=np.int64), classes)
-    info = {"source": str(source), "classes": classes,
+    info = {"source": Path(source).name, "classes": classes,  # the name, never a machine path: prepared data
             "splits": {s: len(d) for s, d in out.items()}, "shape_hwc": list(out["train"].images.shape[1:])}
+    if Path(source).is_file():  # an archive: its checksum says which one it was, wherever it lies
+        info["sha256"] = _file_sha256(Path(source))
     return out, info
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def read_image_folder(path: str | os.PathLike) -> dict[str, ImageDataset]:

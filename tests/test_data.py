@@ -139,3 +139,27 @@ def test_plain_file_that_is_not_an_archive(tmp_path):
 def test_to_model_range_scales_to_minus_one_one():
     x = to_model_range(np.array([[[[0, 255, 128]]]], dtype=np.uint8))
     assert torch.allclose(x.flatten(), torch.tensor([-1.0, 1.0, 128 / 127.5 - 1]), atol=1e-6)
+
+
+def test_preparing_one_archive_at_two_paths_gives_the_same_bytes(image_archive, tmp_path):
+    """Prepared data names its archive by file name and SHA-256, never by machine path, so DVC sees the same output
+    wherever the archive lies (a fresh clone with the same archive reruns nothing after the data stage)."""
+    import hashlib
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    elsewhere = tmp_path / "somewhere" / "else"
+    elsewhere.mkdir(parents=True)
+    copy = Path(shutil.copy(image_archive, elsewhere / image_archive.name))
+    outs = []
+    for i, archive in enumerate((image_archive, copy)):
+        out = tmp_path / f"out{i}" / "tiny"
+        subprocess.run([sys.executable, "-m", "immiscible.data", "--dataset", str(archive), "--out", str(out)],
+                       check=True, capture_output=True)
+        outs.append(out)
+    for name in ("train.npz", "test.npz", "info.json"):
+        assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes(), name
+    info = json.loads((outs[0] / "info.json").read_text())
+    assert info["source"] == image_archive.name and str(tmp_path) not in (outs[0] / "info.json").read_text()
+    assert info["sha256"] == hashlib.sha256(image_archive.read_bytes()).hexdigest()
