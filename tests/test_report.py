@@ -15,12 +15,57 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_verdict_rules():
-    assert R.verdict(-2.0, -0.1, ratio=3.2, claimed=3.0) == "reproduced"
-    assert R.verdict(-2.0, -0.1, ratio=1.5, claimed=3.0).startswith("partly")
-    assert R.verdict(-2.0, -0.1) == "reproduced"                      # a claim without a speed-up factor
-    assert R.verdict(0.2, 1.0, ratio=1.0, claimed=3.0) == "not reproduced (worse)"
-    assert R.verdict(-1.0, 1.0) == "not reproduced (no resolvable difference)"
-    assert R.verdict(float("nan"), float("nan")).startswith("not resolvable")
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=3.2, claimed=3.0) == "reproduced"
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=1.5, claimed=3.0).startswith("partly")
+    assert R.verdict(-2.0, -0.1, q=0.01) == "reproduced"              # a better-FID claim: no speed-up condition
+    assert R.verdict(0.2, 1.0, q=0.01, ratio=1.0, claimed=3.0) == "not reproduced (worse)"
+    assert R.verdict(-1.0, 1.0, q=0.5) == "not reproduced (not resolved: the interval contains 0)"
+    assert R.verdict(float("nan"), float("nan"), q=float("nan")).startswith("not resolvable")
+
+
+def test_an_interval_off_zero_counts_only_with_q_below_the_level():
+    assert R.verdict(-2.0, -0.1, q=0.06) == "not reproduced (not resolved: q 0.060 >= 0.05)"
+    assert R.verdict(0.1, 2.0, q=0.06) == "not reproduced (not resolved: q 0.060 >= 0.05)"
+    assert R.verdict(-2.0, -0.1, q=R.FDR_LEVEL) != "reproduced"
+
+
+def test_a_censored_speed_up_never_reaches_the_claimed_factor():
+    # a median of 3.5 that is only an upper bound (censored seeds) cannot count as reaching 3x
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=3.5, claimed=3.0, ratio_is_bound=True).startswith("partly")
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=3.5, claimed=3.0, ratio_is_bound=False) == "reproduced"
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=None, claimed=3.0).startswith("partly")   # no speed-up measured
+
+
+def test_faster_without_a_factor_needs_a_measured_speed_up_above_one():
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=1.0, claimed=1.0).startswith("partly")   # not vacuous
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=1.2, claimed=1.0, ratio_is_bound=True).startswith("partly")
+    assert R.verdict(-2.0, -0.1, q=0.01, ratio=1.03, claimed=1.0) == "reproduced"
+
+
+def test_the_printed_rule_text_is_generated_from_the_rules_that_decide():
+    text = R.verdict_rule_text()
+    for label, condition, _ in (*R.CLAIM_RULES, *R.hypothesis_rules("<reading of a lower value>",
+                                                                     "<reading of a higher value>")):
+        assert f'"{label.format(why="<why>")}" {condition}' in text
+    assert f"q-value is below {R.FDR_LEVEL}" in text and R.FAMILY in text
+    # every verdict the rules can give is a label of the printed text (the first rule that holds decides)
+    for e in (R.Evidence(-2, -1, 0.01, 3.5, False, 3.0), R.Evidence(-2, -1, 0.01, 3.5, True, 3.0),
+              R.Evidence(1, 2, 0.01), R.Evidence(-1, 1, 0.5), R.Evidence(float("nan"), float("nan"))):
+        assert R.decide(R.CLAIM_RULES, e).split(":")[0].rstrip(")") in text
+    assert text in (ROOT / "results" / "REPORT.md").read_text()
+
+
+def test_judge_sets_p_from_the_interval_and_bh_q_over_the_family():
+    rows = [R.interval_row(f"c{i}", "-", "-", "-", m, lo, hi, 3) for i, (m, lo, hi) in
+            enumerate([(-1.0, -1.9, -0.1), (-1.0, -2.0, 0.0), (-1.0, -1.5, -0.5)])]
+    rows.append({"claim": "not an interval", "verdict": "measured"})
+    R.judge(rows)
+    p = [stats.t.sf(1.0 / ((hi - lo) / (2 * stats.t.ppf(0.975, 2))), 2) * 2
+         for lo, hi in ((-1.9, -0.1), (-2.0, 0.0), (-1.5, -0.5))]
+    assert [r["_p"] for r in rows[:3]] == pytest.approx(p)
+    assert [r["_q"] for r in rows[:3]] == pytest.approx(stats.false_discovery_control(p))
+    assert rows[1]["verdict"].startswith("not reproduced (not resolved")     # touches 0
+    assert rows[2]["verdict"] == "reproduced" and rows[3]["p"] == rows[3]["q"] == "-"
 
 
 def _paired_t(a: np.ndarray, b: np.ndarray):
@@ -38,16 +83,17 @@ def test_rows_match_the_result_tables():
     mean, low, high, better = _paired_t(exact.to_numpy(), vanilla.loc[exact.index].to_numpy())
     row = rows["up to 3x faster DDIM training, CIFAR-10 (unconditional)"]
     assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}], {better}/{len(exact)} seeds better" in row["ours"]
-    assert row["verdict"] == R.verdict(low, high, 1.0, 3.0)
+    assert row["verdict"] == R.verdict(low, high, row["_q"], 1.0, 3.0, ratio_is_bound=True)
     for name in ("finetuning", "class_conditional"):
         f = pd.read_csv(ROOT / "results" / "tables" / f"{name}_fid.csv")
         f = f[f.step == f.step.max()]
         knn, ex = f[f.method == "knn"].set_index("seed").fd, f[f.method == "exact"].set_index("seed").fd
         mean, low, high, better = _paired_t(knn.to_numpy(), ex.loc[knn.index].to_numpy())
         label = {"finetuning": "fine-tuning", "class_conditional": "class-conditional"}[name]
-        r = rows[f"KNN beats linear assignment (follow-up): {label}"]
+        r = rows[f"{R.KNN_VS_LA}: {label}"]
         assert f"{mean:+.2f} [{low:+.2f}, {high:+.2f}], {better}/{len(knn)} seeds better" in r["ours"]
-        assert r["verdict"] == R.verdict(low, high)
+        assert r["verdict"] == R.verdict(low, high, r["_q"])
+        assert r["_p"] == pytest.approx(stats.ttest_rel(knn.to_numpy(), ex.loc[knn.index].to_numpy()).pvalue)
     assert rows["Stable Diffusion on ImageNet: from scratch and fine-tuning"]["verdict"] == "not run here"
     # the ablation's coupling row: the KNN variant with the largest distance cut against exact, paired by seed
     fid = pd.read_csv(ROOT / "results" / "tables" / "ablation_fid.csv")
@@ -105,20 +151,27 @@ def _ablation_tables(folder: Path, diffs: dict, contrast: tuple) -> None:
         folder / "tables" / "ablation_contrasts.csv", index=False)
 
 
-@pytest.mark.parametrize("diffs, contrast, expected", [
-    ({("base", "exact"): (1.0, 0.5, 1.5), ("base", "knn2"): (0.5, 0.1, 0.9), ("base", "knn8"): (-1.0, -1.5, -0.5),
-      ("flow", "exact"): (0.5, 0.1, 0.9),
-      ("flow", "knn8"): (-0.2, -1.0, 0.6), ("px8", "exact"): (2.0, 1.5, 2.5)}, (1.1, 1.02, 1.2),
+@pytest.mark.parametrize("diffs, contrast, expected", [   # resolved intervals are narrow: q < 0.05 in the family
+    ({("base", "exact"): (1.0, 0.9, 1.1), ("base", "knn2"): (0.5, 0.45, 0.55), ("base", "knn8"): (-1.0, -1.1, -0.9),
+      ("flow", "exact"): (0.5, 0.45, 0.55),
+      ("flow", "knn8"): (-0.2, -1.0, 0.6), ("px8", "exact"): (2.0, 1.9, 2.1)}, (1.1, 1.09, 1.11),
      {"k sweep": "partly (better than vanilla: knn8)", "LA": "reproduced (worse than vanilla)",
-      "KNN": "not reproduced (no resolvable difference)", "dimension": "supported (costlier at 8 px)"}),
-    ({("base", "exact"): (1.0, 0.5, 1.5), ("base", "knn2"): (-1.0, -1.5, -0.5), ("base", "knn8"): (-1.0, -1.5, -0.5), ("flow", "exact"): (-0.5, -0.9, -0.1),
-      ("flow", "knn8"): (-0.5, -0.9, -0.1), ("px8", "exact"): (0.0, -1.0, 1.0)}, (0.9, 0.8, 0.95),
+      "KNN": "not reproduced (not resolved: the interval contains 0)", "dimension": "supported (costlier at 8 px)"}),
+    ({("base", "exact"): (1.0, 0.9, 1.1), ("base", "knn2"): (-1.0, -1.1, -0.9), ("base", "knn8"): (-1.0, -1.1, -0.9),
+      ("flow", "exact"): (-0.5, -0.55, -0.45),
+      ("flow", "knn8"): (-0.5, -0.55, -0.45), ("px8", "exact"): (0.0, -1.0, 1.0)}, (0.9, 0.89, 0.91),
      {"k sweep": "reproduced", "LA": "not reproduced (better than vanilla here)", "KNN": "reproduced",
       "dimension": "contradicted (cheaper at 8 px)"}),
+    ({("base", "exact"): (1.0, 0.9, 1.1), ("base", "knn2"): (-1.0, -1.9, -0.1), ("base", "knn8"): (-1.0, -2.0, 0.2),
+      ("flow", "exact"): (0.5, -0.5, 1.5),
+      ("flow", "knn8"): (-0.5, -0.9, -0.1), ("px8", "exact"): (0.0, -1.0, 1.0)}, (0.9, 0.8, 1.1),
+     # knn2 and flow knn8 exclude 0 (p 0.041, 0.033) but BH over the 6 rows gives q 0.119: not resolved
+     {"k sweep": "not reproduced (not resolved: knn2, knn8)", "LA": "not resolved: the interval contains 0",
+      "KNN": "not reproduced (not resolved: q 0.119 >= 0.05)", "dimension": "not resolved: the interval contains 0"}),
 ])
 def test_ablation_rows_follow_the_rules(tmp_path, diffs, contrast, expected):
     _ablation_tables(tmp_path, diffs, contrast)
-    rows = R.ablation_rows(tmp_path)
+    rows = R.judge(R.ablation_rows(tmp_path))
 
     def verdict_of(prefix):
         return next(r["verdict"] for r in rows if r["claim"].startswith(prefix))

@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from immiscible.evaluation.statistics import (crossover_step, efficiency_by_seed, efficiency_summary, median_interval,
+from immiscible.evaluation.statistics import (benjamini_hochberg, paired_t_p_value, t_p_value_from_interval,
+                                              crossover_step, efficiency_by_seed, efficiency_summary, median_interval,
                                               paired_difference_curves, paired_differences, paired_slope_vs_log_step,
                                               slope_vs_log_step, steps_to_target, t_interval, trend_verdict)
 
@@ -214,3 +215,38 @@ def test_repeated_rows_are_an_error_that_says_what_to_split():
     table = _trend_table(_lines((1, 1), (0.4, 0.5)))
     with pytest.raises(ValueError, match="split the table"):
         paired_slope_vs_log_step(pd.concat([table, table]), "exact")
+
+
+def test_paired_t_p_value_by_hand_and_equals_scipy():
+    # d = (1, 2, 3): mean 2, sd 1, t = 2 / (1 / sqrt 3) = 2 sqrt 3 on 2 degrees of freedom
+    assert paired_t_p_value([1.0, 2.0, 3.0]) == pytest.approx(2 * stats.t.sf(2 * np.sqrt(3), 2))
+    assert paired_t_p_value([1.0, 2.0, 3.0]) == pytest.approx(0.0741799, abs=1e-6)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=5), rng.normal(size=5)
+    assert paired_t_p_value(a - b) == pytest.approx(stats.ttest_rel(a, b).pvalue)
+    assert np.isnan(paired_t_p_value([1.0]))
+
+
+def test_p_value_from_the_interval_is_the_paired_t_tests():
+    rng = np.random.default_rng(1)
+    for n in (3, 5):
+        d = rng.normal(0.5, 1.0, size=n)
+        mean, low, high = t_interval(d)
+        assert t_p_value_from_interval(mean, low, high, n) == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+    mean, low, high = t_interval([1.0, 2.0, 3.0])
+    assert t_p_value_from_interval(mean, low, high, 3) == pytest.approx(0.0741799, abs=1e-6)
+    # an interval that just touches 0 has p = 1 - level
+    assert t_p_value_from_interval(1.0, 0.0, 2.0, 3) == pytest.approx(0.05)
+    assert np.isnan(t_p_value_from_interval(1.0, float("nan"), float("nan"), 1))
+
+
+def test_benjamini_hochberg_step_up_by_hand_and_equals_scipy():
+    # sorted 0.005, 0.01, 0.03, 0.04 (m = 4): p m / i = 0.02, 0.02, 0.04, 0.04; running min from the top
+    assert benjamini_hochberg([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    # step-up: a larger p later in the order pulls an earlier one down (0.03 * 3 / 2 = 0.045 > 0.04 * 3 / 3)
+    assert benjamini_hochberg([0.01, 0.03, 0.04]) == pytest.approx([0.03, 0.04, 0.04])
+    assert benjamini_hochberg([0.9, 0.8]) == pytest.approx([0.9, 0.9])
+    p = np.random.default_rng(2).uniform(size=25) ** 3
+    assert benjamini_hochberg(p) == pytest.approx(stats.false_discovery_control(p, method="bh"))
+    q = benjamini_hochberg([0.01, float("nan"), 0.02])   # NaN: not a member of the family
+    assert np.isnan(q[1]) and q[[0, 2]] == pytest.approx([0.02, 0.02])

@@ -21,6 +21,12 @@ pairing. They are compared in pairs:
   variance components could not be estimated). Every seed uses the same steps, so the design is balanced and the
   mean of the per-seed lines is the pooled least-squares line. ``trend_verdict`` and ``crossover_step`` turn it
   into words by the fixed rules stated there.
+- ``paired_t_p_value`` / ``t_p_value_from_interval``: the two-sided p-value of the same paired t statistic the
+  interval is built from (mean / (sd / sqrt(n)), n - 1 degrees of freedom); the second recovers it from a
+  symmetric t-interval (mean, low, high) and n, as the report reads it from the paired tables.
+- ``benjamini_hochberg``: q-values of a family of p-values by the Benjamini-Hochberg step-up procedure
+  (Benjamini & Hochberg 1995): q_(i) = min over j >= i of p_(j) m / j; rejecting q < alpha controls the false
+  discovery rate of the family at alpha.
 """
 from __future__ import annotations
 
@@ -39,6 +45,43 @@ def t_interval(values, level: float = 0.95) -> tuple[float, float, float]:
         return mean, float("nan"), float("nan")
     half = stats.t.ppf((1 + level) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
     return mean, mean - half, mean + half
+
+
+def paired_t_p_value(differences) -> float:
+    """Two-sided p-value of the paired t-test of mean(differences) = 0 (NaN for fewer than 2 differences)."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    sd = d.std(ddof=1)
+    if sd == 0:
+        return 1.0 if d.mean() == 0 else 0.0
+    return float(2 * stats.t.sf(abs(d.mean()) / (sd / math.sqrt(len(d))), len(d) - 1))
+
+
+def t_p_value_from_interval(mean: float, low: float, high: float, n: int, level: float = 0.95) -> float:
+    """Two-sided p-value of mean = 0 from its symmetric t-interval [low, high] over n values: the standard error is
+    (high - low) / (2 t_{(1+level)/2, n-1}), t = mean / se (NaN when the interval or n < 2 leaves it undefined)."""
+    if n < 2 or not all(np.isfinite([mean, low, high])):
+        return float("nan")
+    se = (high - low) / (2 * stats.t.ppf((1 + level) / 2, n - 1))
+    if se == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * stats.t.sf(abs(mean) / se, n - 1))
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg q-values of one family of p-values (same order; NaN p-values stay NaN and do not count
+    in the family size m): q_(i) = min_{j >= i} p_(j) m / j over the sorted p-values, capped at 1."""
+    p = np.asarray(p_values, dtype=float)
+    q = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    m = len(finite)
+    if m == 0:
+        return q
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
 
 
 def paired_differences(table: pd.DataFrame, values=("fd", "kid"), baseline: str = "vanilla",
