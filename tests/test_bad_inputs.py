@@ -71,7 +71,7 @@ def test_unknown_dataset(tmp_path):
 
 def test_unknown_profile(tmp_path):
     with pytest.raises(ValueError, match=r"unknown profile 'nope' for group 'unconditional' in .*params.yaml; "
-                                         r"choose one of \['cpu', 'paper', 'smoke'\]"):
+                                         r"choose one of \['cpu', 'gpu', 'gpu_quick', 'gpu_smoke', 'paper', 'smoke'\]"):
         load_profile(PARAMS, "unconditional", "nope")
     with pytest.raises(ValueError, match=r"unknown profile 'nope' for group 'unconditional'.*choose one of"):
         cli_module.main(["--profile", "nope", "--params", PARAMS,
