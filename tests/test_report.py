@@ -244,3 +244,24 @@ def test_consistency_is_split_by_sampler_and_the_ablation_by_arm():
         "consistency (1-step sampling)", "consistency (2-step sampling)"]
     assert R._method_pairs(["vanilla", "exact", "knn"]) == [("exact", "vanilla"), ("knn", "vanilla"),
                                                             ("knn", "exact")]
+
+
+def test_the_measured_sampling_floor_widens_the_interval_that_decides():
+    """unconditional exact - vanilla: its paired sampling sd (4 sample seeds, shared initial noise) is added to the
+    between-seed variance; rows without a sampling-noise table say so."""
+    rows = {r["claim"]: r for r in R.build_rows(ROOT / "results")}
+    noise = pd.read_csv(ROOT / "results" / "tables" / "unconditional_sampling_noise.csv")
+    wide = noise.pivot(index="sample_seed", columns="method", values="fd")
+    floor = (wide.exact - wide.vanilla).std(ddof=1)
+    fid = pd.read_csv(ROOT / "results" / "tables" / "unconditional_fid.csv")
+    last = fid[fid.step == fid.step.max()].pivot(index="seed", columns="method", values="fd")
+    d = (last.exact - last.vanilla).to_numpy()
+    se = np.sqrt((d.var(ddof=1) + floor ** 2) / len(d))
+    half = stats.t.ppf(0.975, len(d) - 1) * se
+    row = rows["up to 3x faster DDIM training, CIFAR-10 (unconditional)"]
+    assert row["_floor"] == pytest.approx(floor)
+    assert row["_decided"] == pytest.approx((d.mean() - half, d.mean() + half))
+    assert row["_p"] == pytest.approx(2 * stats.t.sf(abs(d.mean()) / se, len(d) - 1))
+    assert f"sd {floor:.3f} measured" in row["sampling floor"]
+    flow = rows["flow matching: KNN beats vanilla (follow-up)"]
+    assert flow["_floor"] is None and flow["sampling floor"].startswith("not measured (with the unconditional")

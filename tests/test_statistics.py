@@ -5,7 +5,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from immiscible.evaluation.statistics import (benjamini_hochberg, paired_t_p_value, t_p_value_from_interval,
+from immiscible.evaluation.statistics import (benjamini_hochberg, paired_sampling_sd, paired_t_p_value,
+                                              sd_from_t_interval, t_interval_with_sampling_floor,
+                                              t_p_value_from_interval,
                                               crossover_step, efficiency_by_seed, efficiency_summary, median_interval,
                                               paired_difference_curves, paired_differences, paired_slope_vs_log_step,
                                               slope_vs_log_step, steps_to_target, t_interval, trend_verdict)
@@ -250,3 +252,31 @@ def test_benjamini_hochberg_step_up_by_hand_and_equals_scipy():
     assert benjamini_hochberg(p) == pytest.approx(stats.false_discovery_control(p, method="bh"))
     q = benjamini_hochberg([0.01, float("nan"), 0.02])   # NaN: not a member of the family
     assert np.isnan(q[1]) and q[[0, 2]] == pytest.approx([0.02, 0.02])
+
+
+def test_the_sampling_floor_adds_its_variance_to_the_between_seed_variance():
+    d = np.array([1.0, 2.0, 3.0])                         # sd 1, n 3
+    mean, low, high = t_interval(d)
+    assert sd_from_t_interval(low, high, 3) == pytest.approx(1.0)
+    # no floor: the plain paired interval and the paired t-test's p
+    lo0, hi0, p0 = t_interval_with_sampling_floor(mean, 1.0, 3, 0.0)
+    assert (lo0, hi0, p0) == pytest.approx((low, high, stats.ttest_1samp(d, 0).pvalue))
+    # floor sd 1: se = sqrt((1 + 1) / 3), by hand
+    se, q = np.sqrt(2 / 3), stats.t.ppf(0.975, 2)
+    lo, hi, p = t_interval_with_sampling_floor(2.0, 1.0, 3, 1.0)
+    assert (lo, hi, p) == pytest.approx((2 - q * se, 2 + q * se, 2 * stats.t.sf(2 / se, 2)))
+    # three nearly equal differences: the floor, not their tiny spread, sets the width
+    lo, hi, _ = t_interval_with_sampling_floor(-0.32, 0.003, 3, 0.05)
+    assert hi - lo == pytest.approx(2 * q * np.sqrt((0.003 ** 2 + 0.05 ** 2) / 3))
+
+
+def test_paired_sampling_sd_pairs_by_sample_seed_and_pools_groups():
+    rows = []
+    for step, diffs in ((100, (1.0, 2.0, 3.0)), (200, (5.0, 5.0))):   # group variances 1 (2 dof) and 0 (1 dof)
+        for k, diff in enumerate(diffs):
+            base = 10.0 + 7 * k                                 # a shared draw moves both methods alike
+            rows += [{"method": "vanilla", "seed": 0, "step": step, "sample_seed": k, "fd": base},
+                     {"method": "exact", "seed": 0, "step": step, "sample_seed": k, "fd": base + diff}]
+    table = pd.DataFrame(rows)
+    assert paired_sampling_sd(table, "exact", "vanilla") == pytest.approx(np.sqrt(2 / 3))
+    assert np.isnan(paired_sampling_sd(table[table.step == 100].iloc[:2], "exact", "vanilla"))

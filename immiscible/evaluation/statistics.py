@@ -27,6 +27,13 @@ pairing. They are compared in pairs:
 - ``benjamini_hochberg``: q-values of a family of p-values by the Benjamini-Hochberg step-up procedure
   (Benjamini & Hochberg 1995): q_(i) = min over j >= i of p_(j) m / j; rejecting q < alpha controls the false
   discovery rate of the family at alpha.
+- ``paired_sampling_sd`` / ``t_interval_with_sampling_floor``: the evaluation's own noise. A snapshot's FD is one
+  draw of samples; the sd of the paired difference over repeated sample seeds (both methods drawn from the same
+  initial noise per sample seed, as in the evaluation) is the sampling floor. With 3 training seeds the spread of the
+  paired differences can by chance fall far below it, so the floored interval adds the floor's variance to the
+  between-seed variance of the paired difference: se = sqrt((sd^2 + floor_sd^2) / n), t on n - 1 degrees of
+  freedom. This is conservative (the between-seed sd already contains the sampling noise once, in expectation) and
+  never narrower than the plain interval.
 """
 from __future__ import annotations
 
@@ -82,6 +89,38 @@ def benjamini_hochberg(p_values) -> np.ndarray:
     scaled = p[order] * m / np.arange(1, m + 1)
     q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
     return q
+
+
+def sd_from_t_interval(low: float, high: float, n: int, level: float = 0.95) -> float:
+    """The sd of the n values a symmetric t-interval [low, high] of their mean was built from."""
+    return (high - low) / (2 * stats.t.ppf((1 + level) / 2, n - 1)) * math.sqrt(n)
+
+
+def t_interval_with_sampling_floor(mean: float, sd: float, n: int, floor_sd: float,
+                                   level: float = 0.95) -> tuple[float, float, float]:
+    """(low, high, p) of the mean of n paired differences whose between-seed sd is ``sd``, with the sampling
+    floor's variance added: se = sqrt((sd^2 + floor_sd^2) / n), t on n - 1 degrees of freedom, two-sided p of
+    mean = 0 from the same t."""
+    se = math.sqrt((sd ** 2 + floor_sd ** 2) / n)
+    half = stats.t.ppf((1 + level) / 2, n - 1) * se
+    p = float(2 * stats.t.sf(abs(mean) / se, n - 1)) if se > 0 else float(mean == 0)
+    return mean - half, mean + half, p
+
+
+def paired_sampling_sd(table: pd.DataFrame, method: str, baseline: str, value: str = "fd") -> float:
+    """The sd of method - baseline over repeated sample seeds (paired by seed, step and sample_seed), pooled over
+    the (seed, step) groups: sqrt(sum of squared deviations from each group's mean / sum of (group size - 1)); NaN
+    when no group has 2 sample seeds. ``table``: one row per (method, seed, step, sample_seed)."""
+    keys = ["seed", "step", "sample_seed"]
+    wide = table[table.method.isin([method, baseline])].pivot_table(index=keys, columns="method", values=value)
+    if method not in wide or baseline not in wide:
+        return float("nan")
+    d = (wide[method] - wide[baseline]).dropna()
+    groups = d.groupby(level=["seed", "step"])
+    dof = int((groups.size() - 1).clip(lower=0).sum())
+    if dof == 0:
+        return float("nan")
+    return float(math.sqrt(float(((d - groups.transform("mean")) ** 2).sum()) / dof))
 
 
 def paired_differences(table: pd.DataFrame, values=("fd", "kid"), baseline: str = "vanilla",

@@ -31,7 +31,8 @@ import pandas as pd
 
 from immiscible.config import load_yaml_group
 from immiscible.evaluation.statistics import (NOT_ENOUGH_POINTS, benjamini_hochberg, paired_differences,
-                                              paired_slope_vs_log_step, t_p_value_from_interval)
+                                              paired_sampling_sd, paired_slope_vs_log_step, sd_from_t_interval,
+                                              t_interval_with_sampling_floor, t_p_value_from_interval)
 from immiscible.io import atomic_write_text
 
 PAPER_DISTANCE = {128: -1.93, 256: -2.16, 512: -2.32, 1024: -2.44}   # slides' table, change of mean distance (%)
@@ -90,7 +91,11 @@ def unresolved_reason(e: Evidence) -> str:
 RESOLVED_TEXT = (f"a comparison is resolved below (above) 0 when its 95% paired-t interval over seeds lies below "
                  f"(above) 0 and its Benjamini-Hochberg q-value is below {FDR_LEVEL}; the q-values are computed over "
                  f"one family, \"{FAMILY}\": every row of the table below that has a p-value (the two-sided paired "
-                 f"t-test p of the same t statistic as the interval; ratios on the log scale)")
+                 f"t-test p of the same t statistic as the interval; ratios on the log scale). Where the experiment "
+                 f"measured the paired sampling noise of its evaluation (a <experiment>_sampling_noise table), the "
+                 f"interval and p that decide include that floor (its variance added to the between-seed variance of "
+                 f"the paired difference); elsewhere the sampling floor column says \"not measured\" and shows, for "
+                 f"FD rows, what the unconditional setting's floor would give (not used by the verdict)")
 SPEEDUP_TEXT = ("the speed-up condition: a claimed factor f needs the median per-seed speed-up to vanilla's final "
                 "FD to be measured (no seed censored: a censored median is only an upper bound and never counts), "
                 "above 1 and at least f; a claim of \"faster\" without a factor is f = 1 (a measured median above 1);"
@@ -156,24 +161,58 @@ def _interval(row) -> str:
 
 
 def interval_row(claim: str, paper: str, ours: str, setting: str, mean: float, low: float, high: float, n: int,
-                 rules=CLAIM_RULES, **evidence) -> dict:
-    """A row judged by a paired interval: its verdict, p and q are set by ``judge`` over the whole family."""
+                 rules=CLAIM_RULES, floor_sd: float | None = None, fd: bool = True, **evidence) -> dict:
+    """A row judged by a paired interval: its verdict, p and q are set by ``judge`` over the whole family.
+    ``floor_sd``: the paired sampling sd measured for this comparison (None: not measured); ``fd``: an FD
+    difference (the rows a borrowed floor is shown for)."""
     return {"claim": claim, "paper": paper, "ours": ours, "setting": setting,
-            "_test": (float(mean), float(low), float(high), int(n)), "_rules": rules, "_evidence": evidence}
+            "_test": (float(mean), float(low), float(high), int(n)), "_rules": rules, "_evidence": evidence,
+            "_floor": floor_sd if floor_sd is not None and np.isfinite(floor_sd) else None, "_fd": fd}
+
+
+def sampling_floor(results: Path, name: str, method: str = "exact", baseline: str = "vanilla") -> float | None:
+    """The paired sampling sd of ``method`` - ``baseline`` from ``<name>_sampling_noise.csv`` (None: not measured)."""
+    t = _table(results, f"{name}_sampling_noise")
+    if t is None:
+        return None
+    sd = paired_sampling_sd(t, method, baseline)
+    return sd if np.isfinite(sd) else None
+
+
+def with_floor(test: tuple, floor_sd: float) -> tuple[float, float, float]:
+    """(low, high, p) of a row's (mean, low, high, n) with the sampling floor's variance added."""
+    mean, low, high, n = test
+    if n < 2 or not (np.isfinite(low) and np.isfinite(high)):
+        return low, high, float("nan")
+    return t_interval_with_sampling_floor(mean, sd_from_t_interval(low, high, n), n, floor_sd)
 
 
 def _fmt_p(p: float) -> str:
     return "-" if not np.isfinite(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def judge(rows: list[dict]) -> list[dict]:
-    """p (paired t, from each row's interval) and BH q over the family of every interval row, then each row's
-    verdict by its rules; a summary row (``_summary``: [(label, claim of a judged row)]) from its rows' verdicts."""
+def judge(rows: list[dict], reference_floor: float | None = None) -> list[dict]:
+    """p (paired t, from each row's interval, with its sampling floor where measured) and BH q over the family of
+    every interval row, then each row's verdict by its rules; a summary row (``_summary``: [(label, claim of a
+    judged row)]) from its rows' verdicts. ``reference_floor``: the floor shown (not used) where none was measured."""
     tested = [r for r in rows if "_test" in r]
-    p = [t_p_value_from_interval(*r["_test"]) for r in tested]
-    for r, p_i, q_i in zip(tested, p, benjamini_hochberg(p)):
-        _, low, high, _ = r["_test"]
-        r.update(p=_fmt_p(p_i), q=_fmt_p(q_i), family=FAMILY, _p=p_i, _q=q_i,
+    decided, p = [], []
+    for r in tested:
+        mean, low, high, n = r["_test"]
+        if r["_floor"] is not None:
+            low, high, p_i = with_floor(r["_test"], r["_floor"])
+            r["sampling floor"] = f"sd {r['_floor']:.3f} measured, added: [{low:+.2f}, {high:+.2f}] decides"
+        else:
+            p_i = t_p_value_from_interval(mean, low, high, n)
+            r["sampling floor"] = "not measured"
+            if r["_fd"] and reference_floor is not None:
+                lo_f, hi_f, p_f = with_floor(r["_test"], reference_floor)
+                r["sampling floor"] += f" (with the unconditional setting's sd {reference_floor:.3f}: [{lo_f:+.2f}, " \
+                                       f"{hi_f:+.2f}], p {_fmt_p(p_f)}; not used)"
+        decided.append((low, high))
+        p.append(p_i)
+    for r, (low, high), p_i, q_i in zip(tested, decided, p, benjamini_hochberg(p)):
+        r.update(p=_fmt_p(p_i), q=_fmt_p(q_i), family=FAMILY, _p=p_i, _q=q_i, _decided=(low, high),
                  verdict=decide(r["_rules"], Evidence(low, high, q_i, **r["_evidence"])))
     by_claim = {r["claim"]: r for r in tested}
     for r in rows:
@@ -182,11 +221,12 @@ def judge(rows: list[dict]) -> list[dict]:
         r.setdefault("p", "-")
         r.setdefault("q", "-")
         r.setdefault("family", "-")
+        r.setdefault("sampling floor", "-")
     return rows
 
 
 def speedup_row(claim: str, paper: str, setting: str, row, efficiency: pd.DataFrame | None, claimed: float | None,
-                rules=CLAIM_RULES) -> dict:
+                rules=CLAIM_RULES, floor_sd: float | None = None) -> dict:
     """One row for "method trains better/faster than its baseline" from the last step's paired row and, against
     vanilla, the experiment's steps-to-target table."""
     method, baseline = row.method, row.baseline
@@ -200,7 +240,7 @@ def speedup_row(claim: str, paper: str, setting: str, row, efficiency: pd.DataFr
                 + (", censored seeds: an upper bound)" if bound else ")")
     evidence = {"ratio": ratio, "ratio_is_bound": bound, "claimed": claimed} if rules is CLAIM_RULES else {}
     return interval_row(claim, paper, ours, setting, row.fd_diff_mean, row.fd_diff_ci_low, row.fd_diff_ci_high,
-                        row.n_pairs, rules, **evidence)
+                        row.n_pairs, rules, floor_sd, **evidence)
 
 
 def last_step_pairs(fid: pd.DataFrame, pairs) -> list:
@@ -269,7 +309,8 @@ def experiment_rows(results: Path, name: str) -> list[dict]:
             claim, paper, claimed = CLAIMS.get((name, row.method, row.baseline), (
                 f"{row.method} - {row.baseline}, {name.replace('_', '-')} (measured pair, no claim)", "-", None))
             setting = EXPERIMENT_SETTINGS[name].format(steps=int(row.step), seeds=int(row.n_pairs))
-            rows.append(speedup_row(claim.format(k=k), paper, setting, row, e_sub, claimed))
+            floor = sampling_floor(results, name, row.method, row.baseline) if k is None else None
+            rows.append(speedup_row(claim.format(k=k), paper, setting, row, e_sub, claimed, floor_sd=floor))
     return rows
 
 
@@ -364,12 +405,12 @@ def build_rows(results: str | Path = "results", last_step_arm: str = "flow") -> 
             f"distance of the x0-prediction to the truth at t=1 (assigned noise): vanilla {per['vanilla']:.2f}, "
             f"exact {per['exact']:.2f}, dataset mean image {mean_image:.2f}; exact - vanilla {_interval(row)}",
             "16x16 CIFAR-10, the ablation's flow-matching runs at their last step (notebooks/last_step.ipynb)",
-            row.fd_diff_mean, row.fd_diff_ci_low, row.fd_diff_ci_high, row.n_pairs))
+            row.fd_diff_mean, row.fd_diff_ci_low, row.fd_diff_ci_high, row.n_pairs, fd=False))
     rows.append({"claim": "Stable Diffusion on ImageNet: from scratch and fine-tuning",
                  "paper": "FID 17.92 / 16.43 / 16.84 (scratch), 11.45 / 10.28 / 10.38 (fine-tuning); vanilla / LA / KNN",
                  "ours": "-", "setting": "needs GPUs, the SD weights and ImageNet: README 'Stable Diffusion on your "
                                          "GPUs' (python -m immiscible.sd.train)", "verdict": "not run here"})
-    return judge(rows)
+    return judge(rows, sampling_floor(results, "unconditional"))
 
 
 K_SWEEP_K, K_SWEEP_FID = ("2", "4", "8", "16", "32"), ("4.94", "4.77", "4.45", "4.85", "5.19")   # follow-up, DDIM
@@ -441,8 +482,9 @@ def ablation_rows(results: Path) -> list[dict]:
                 f"FD ratio {c.variant}/vanilla: flow {c.ratio_arm:.3f}, eps {c.ratio_reference:.3f}; "
                 f"flow over eps {c.ratio_of_ratios_mean:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"the unconditional setting with the eps and the flow objective, step {step}, {int(c.n_pairs)} seeds",
-                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs,
-                hypothesis_rules("supported (cheaper with flow matching)", "contradicted (costlier with flow matching)")))
+                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False,
+                rules=hypothesis_rules("supported (cheaper with flow matching)",
+                                       "contradicted (costlier with flow matching)")))
         for _, c in contrasts[contrasts.arm == "px8"].iterrows():
             a = last[(last.arm == "px8") & (last.variant == c.variant)]
             b = last[(last.arm == "base") & (last.variant == c.variant)]
@@ -457,8 +499,8 @@ def ablation_rows(results: Path) -> list[dict]:
                 f"{_ratio(b)} (distance {b.distance_change_pct:+.2f}%); 8 px over 16 px "
                 f"{c.ratio_of_ratios_mean:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"the unconditional setting at 8 and 16 px, step {step}, {int(c.n_pairs)} seeds",
-                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs,
-                hypothesis_rules("contradicted (cheaper at 8 px)", "supported (costlier at 8 px)")))
+                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False,
+                rules=hypothesis_rules("contradicted (cheaper at 8 px)", "supported (costlier at 8 px)")))
     return rows
 
 
@@ -602,7 +644,7 @@ GPU_MISSING = ("GPU column: not measured yet. The GPU study writes the same per-
                "results/gpu/tables/ (e.g. unconditional_fid.csv); the report adds them as setting gpu.")
 
 
-COLUMNS = ("claim", "paper", "ours", "setting", "p", "q", "verdict")
+COLUMNS = ("claim", "paper", "ours", "setting", "sampling floor", "p", "q", "verdict")
 HORIZON_HEAD = ("experiment", "comparison", *SETTINGS)
 INTRO = ("Every claim of Immiscible Diffusion (Li et al., NeurIPS 2024) and its KNN follow-up beside what this "
          "artifact measured, generated by the DVC stage `report` from the result tables. Our settings are CPU-scale "
@@ -656,13 +698,17 @@ def write_horizon_trends(trends: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-VERDICT_COLUMNS = ("claim", "family", "mean", "ci_low", "ci_high", "n_pairs", "p", "q", "verdict")
+VERDICT_COLUMNS = ("claim", "family", "mean", "ci_low", "ci_high", "n_pairs", "sampling_floor_sd", "decided_low",
+                   "decided_high", "p", "q", "verdict")
 
 
 def verdict_table(rows: list[dict]) -> pd.DataFrame:
-    """One line per interval row: the interval (log scale for ratio rows), n, p, its BH q within its family, verdict."""
+    """One line per interval row: the paired interval (log scale for ratio rows), n, the sampling floor's sd where
+    measured and the interval that decides (with the floor), p, its BH q within its family, the verdict."""
     return pd.DataFrame([{"claim": r["claim"], "family": r["family"], "mean": r["_test"][0], "ci_low": r["_test"][1],
-                          "ci_high": r["_test"][2], "n_pairs": r["_test"][3], "p": r["_p"], "q": r["_q"],
+                          "ci_high": r["_test"][2], "n_pairs": r["_test"][3],
+                          "sampling_floor_sd": np.nan if r["_floor"] is None else r["_floor"],
+                          "decided_low": r["_decided"][0], "decided_high": r["_decided"][1], "p": r["_p"], "q": r["_q"],
                           "verdict": r["verdict"]} for r in rows if "_test" in r], columns=list(VERDICT_COLUMNS))
 
 
