@@ -167,7 +167,8 @@ def _ablation_tables(folder: Path, diffs: dict, contrast: tuple) -> None:
       ("flow", "knn8"): (-0.5, -0.9, -0.1), ("px8", "exact"): (0.0, -1.0, 1.0)}, (0.9, 0.8, 1.1),
      # knn2 and flow knn8 exclude 0 (p 0.041, 0.033) but BH over the 6 rows gives q 0.119: not resolved
      {"k sweep": "not reproduced (not resolved: knn2, knn8)", "LA": "not resolved: the interval contains 0",
-      "KNN": "not reproduced (not resolved: q 0.119 >= 0.05)", "dimension": "not resolved: the interval contains 0"}),
+      "KNN": "not reproduced (not resolved: q 0.119 >= 0.05)",
+      "dimension": "not resolved: the interval of the ratio contains 1"}),
 ])
 def test_ablation_rows_follow_the_rules(tmp_path, diffs, contrast, expected):
     _ablation_tables(tmp_path, diffs, contrast)

@@ -57,6 +57,7 @@ class Evidence:
     ratio: float | None = None
     ratio_is_bound: bool = False
     claimed: float | None = None
+    ratio_scale: bool = False    # the interval is of a log ratio: "contains 0" reads "contains 1" for the ratio
 
 
 def resolved_side(e: Evidence) -> str:
@@ -82,7 +83,7 @@ def speedup_reached(e: Evidence) -> bool:
 
 def unresolved_reason(e: Evidence) -> str:
     if e.low <= 0 <= e.high:
-        return "the interval contains 0"
+        return "the interval of the ratio contains 1" if e.ratio_scale else "the interval contains 0"
     return f"q {e.q:.3f} >= {FDR_LEVEL}" if np.isfinite(e.q) else "no q-value"
 
 
@@ -482,7 +483,7 @@ def ablation_rows(results: Path) -> list[dict]:
                 f"FD ratio {c.variant}/vanilla: flow {c.ratio_arm:.3f}, eps {c.ratio_reference:.3f}; "
                 f"flow over eps {c.ratio_of_ratios_mean:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"the unconditional setting with the eps and the flow objective, step {step}, {int(c.n_pairs)} seeds",
-                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False,
+                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False, ratio_scale=True,
                 rules=hypothesis_rules("supported (cheaper with flow matching)",
                                        "contradicted (costlier with flow matching)")))
         for _, c in contrasts[contrasts.arm == "px8"].iterrows():
@@ -499,7 +500,7 @@ def ablation_rows(results: Path) -> list[dict]:
                 f"{_ratio(b)} (distance {b.distance_change_pct:+.2f}%); 8 px over 16 px "
                 f"{c.ratio_of_ratios_mean:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"the unconditional setting at 8 and 16 px, step {step}, {int(c.n_pairs)} seeds",
-                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False,
+                *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False, ratio_scale=True,
                 rules=hypothesis_rules("contradicted (cheaper at 8 px)", "supported (costlier at 8 px)")))
     return rows
 
