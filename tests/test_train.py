@@ -2,6 +2,7 @@
 background assignment, restart on a changed config, warmup, gradient clipping and the EMA formula."""
 import contextlib
 import json
+from dataclasses import replace
 import threading
 import warnings
 
@@ -458,3 +459,20 @@ def test_a_run_killed_before_its_first_checkpoint_never_lends_its_snapshots_to_a
     # the same setting again: its final checkpoint (step 1) is found and nothing is redone
     summary = train(_cfg(tmp_path, steps=1, lr=1e-3, snapshot_every=1, checkpoint_every=10), images=_images())
     assert summary["start_step"] == 1 and sorted(list_snapshots(run)) == [1]
+
+
+def test_a_run_is_never_resumed_with_another_loss(tmp_path):
+    """A consistency run's folder records its loss (loss.json): resuming it with the engine's default denoising loss
+    (`python -m immiscible.engine --group consistency ...`) is an error that says what to do, or a restart."""
+    from immiscible.diffusion.consistency import ConsistencyConfig, make_consistency_loss
+    images = _images()
+    cfg = _cfg(tmp_path, steps=2)
+    train(cfg, images=images, loss_fn=make_consistency_loss(ConsistencyConfig(s0=2, s1=8), 4))
+    assert json.loads((tmp_path / "run" / "loss.json").read_text()) == {"loss": "consistency"}
+    with pytest.raises(ValueError, match="trained with the 'consistency' loss, not 'denoising'.*consistency_train"):
+        train(replace(cfg, steps=4), images=images)
+    assert latest_valid_checkpoint(tmp_path / "run").name == "checkpoint-0000002"  # untouched
+    with pytest.warns(UserWarning, match="Restarting"):
+        summary = train(replace(cfg, steps=4), images=images, on_change="restart")
+    assert summary["start_step"] == 0
+    assert json.loads((tmp_path / "run" / "loss.json").read_text()) == {"loss": "denoising"}

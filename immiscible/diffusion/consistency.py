@@ -156,7 +156,7 @@ def make_consistency_loss(cfg: ConsistencyConfig, total_steps: int) -> SplitLoss
 
     def compute(model, x0, noise, sigma_i, sigma_next, **kwargs):
         return consistency_training_loss(model, x0, noise, sigma_i, sigma_next, cfg, **kwargs)
-    return SplitLoss(draw, compute)
+    return SplitLoss(draw, compute, "consistency")
 
 
 def sampling_sigmas(cfg: ConsistencyConfig, num_steps: int) -> tuple[float, ...]:

@@ -31,10 +31,11 @@ class SplitLoss:
       dropout, noise-level indices), drawn from the run's own step generator;
     - ``compute(model, x0, noise, **drawn) -> loss``: a pure function of the model and tensors, vmappable.
 
-    Called as ``loss(model, x0, noise, generator, step, labels)`` it is the engine's ``loss_fn``."""
+    Called as ``loss(model, x0, noise, generator, step, labels)`` it is the engine's ``loss_fn``. ``name`` is
+    recorded in the run's folder: a run is never resumed with another loss."""
 
-    def __init__(self, draw, compute):
-        self.draw, self.compute = draw, compute
+    def __init__(self, draw, compute, name: str):
+        self.draw, self.compute, self.name = draw, compute, name
 
     def __call__(self, model, x0, noise, generator, step, labels=None):
         return self.compute(model, x0, noise, **self.draw(x0, generator, step, labels))
@@ -54,4 +55,9 @@ def make_denoising_loss(objective: str, num_train_timesteps: int, alphas_cumprod
 
     def compute(model, x0, noise, t, **kwargs):
         return denoising_loss(model, x0, noise, t, objective, alphas_cumprod, num_train_timesteps, **kwargs)
-    return SplitLoss(draw, compute)
+    return SplitLoss(draw, compute, "denoising")
+
+
+def loss_name(loss_fn) -> str:
+    """The name a run records for its loss: a ``SplitLoss``'s ``name``, else the function's qualified name."""
+    return getattr(loss_fn, "name", None) or f"{loss_fn.__module__}.{loss_fn.__qualname__}"

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from immiscible.config import to_dict
 from immiscible.data import batch_indices, flip_mask, load_images, load_labels, to_model_input
-from immiscible.diffusion.losses import make_denoising_loss
+from immiscible.diffusion.losses import loss_name, make_denoising_loss
 from immiscible.diffusion.schedules import alphas_cumprod
 from immiscible.engine.checkpoints import (check_resumable, checkpoint_step, init_weights_path,
                                            latest_valid_checkpoint, list_checkpoints, list_snapshots,
@@ -129,12 +129,26 @@ def append_log(run_dir: Path, done: int, loss: float, lr: float, info: dict, ela
 
 
 def resume_or_start(cfg: TrainConfig, raw_model, ema, optimizer, lr_scheduler, on_change: str = "error",
-                    is_main: bool = True, barrier=lambda: None, at_step: int | None = None) -> int:
+                    is_main: bool = True, barrier=lambda: None, at_step: int | None = None,
+                    loss: str | None = None) -> int:
     """Prepare cfg.output_dir for training and return the step to start from: the newest valid checkpoint's
     (``at_step``: that step's checkpoint instead), loaded into model, EMA (on the model's device), optimizer and
-    schedule, else 0. A folder holding a run of another config raises (``on_change="error"``) or is deleted
-    ("restart"). Snapshots and log lines written after the starting state are removed (they are redone)."""
+    schedule, else 0. A folder holding a run of another config, or of another loss (``loss``: the name recorded in
+    its loss.json), raises (``on_change="error"``) or is deleted ("restart"). Snapshots and log lines written
+    after the starting state are removed (they are redone)."""
     run_dir = Path(cfg.output_dir)
+    saved_loss = json.loads((run_dir / "loss.json").read_text())["loss"] if (run_dir / "loss.json").is_file() else None
+    if loss is not None and saved_loss is not None and saved_loss != loss:
+        message = (f"{run_dir} was trained with the {saved_loss!r} loss, not {loss!r}: resume it with the command that "
+                   "trained it (a consistency run: python -m immiscible.experiments.consistency_train or the "
+                   "consistency experiment's train), or use another output_dir for the new run.")
+        if on_change == "error":
+            raise ValueError(message)
+        warnings.warn(f"{message} Restarting: deleting {run_dir}.")
+        barrier()
+        if is_main:
+            shutil.rmtree(run_dir)
+        barrier()
     start_step = 0
     checkpoint = latest_valid_checkpoint(run_dir)
     if at_step is not None and at_step != (checkpoint_step(checkpoint) if checkpoint is not None else 0):
@@ -173,6 +187,8 @@ def resume_or_start(cfg: TrainConfig, raw_model, ema, optimizer, lr_scheduler, o
                 path.unlink()
         atomic_write_text(run_dir / "train_config.json", json.dumps(to_dict(cfg), indent=2) + "\n")
         atomic_write_text(run_dir / "model_config.json", model_config_json(raw_model))
+        if loss is not None:
+            atomic_write_text(run_dir / "loss.json", json.dumps({"loss": loss}) + "\n")
         truncate_log(run_dir / "log.jsonl", start_step)
     barrier()
     return start_step
@@ -244,7 +260,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     start_step = resume_or_start(cfg, raw_model, ema, optimizer, lr_scheduler, on_change, is_main,
-                                 accelerator.wait_for_everyone)
+                                 accelerator.wait_for_everyone, loss=loss_name(loss_fn))
 
     # ---- where the assignment runs
     # "thread": batch s+1 is drawn and assigned in a background thread while batch s trains (the solvers release

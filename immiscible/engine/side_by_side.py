@@ -95,13 +95,14 @@ def _build_run(cfg: TrainConfig, channels: int, device: torch.device) -> _Run:
     return _Run(cfg, model, ema, optimizer, lr_scheduler)
 
 
-def _resume_all(runs: list[_Run], on_change: str) -> int:
+def _resume_all(runs: list[_Run], on_change: str, loss: str) -> int:
     """Resume every run; runs whose newest checkpoints differ (a kill while the runs were being saved) all go back
     to the oldest of those steps, which every run still holds. Returns the common start step."""
     for run in runs:
         np.random.seed(run.cfg.seed)
         random.seed(run.cfg.seed)
-        run.start_step = resume_or_start(run.cfg, run.model, run.ema, run.optimizer, run.lr_scheduler, on_change)
+        run.start_step = resume_or_start(run.cfg, run.model, run.ema, run.optimizer, run.lr_scheduler, on_change,
+                                         loss=loss)
     start = min(run.start_step for run in runs)
     for run in runs:
         if run.start_step != start:
@@ -109,7 +110,7 @@ def _resume_all(runs: list[_Run], on_change: str) -> int:
             run.model, run.ema, run.optimizer, run.lr_scheduler = (fresh.model, fresh.ema, fresh.optimizer,
                                                                    fresh.lr_scheduler)
             run.start_step = resume_or_start(run.cfg, run.model, run.ema, run.optimizer, run.lr_scheduler,
-                                             on_change, at_step=start)
+                                             on_change, at_step=start, loss=loss)
     return start
 
 
@@ -212,17 +213,17 @@ def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on
         images = images.to(device)
         labels = None if labels is None else labels.to(device)
 
-    runs = [_build_run(cfg, images.shape[1], device) for cfg in cfgs]
-    start_step = _resume_all(runs, on_change)
     ac = alphas_cumprod(base, device)
+    loss = loss or make_denoising_loss(base.objective, base.num_train_timesteps, ac, base.label_dropout,
+                                       null_label=base.num_classes)
+    runs = [_build_run(cfg, images.shape[1], device) for cfg in cfgs]
+    start_step = _resume_all(runs, on_change, loss.name)
     side_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
     sources = [batch_source(run.cfg, images, labels, device, side_stream=side_stream) for run in runs]
 
     def next_batches(step: int) -> list[tuple]:
         return [source(step) for source in sources]
 
-    loss = loss or make_denoising_loss(base.objective, base.num_train_timesteps, ac, base.label_dropout,
-                                       null_label=base.num_classes)
     stacked = _Stack(runs, loss, compile) if stack == "vmap" else None
     for run in runs:
         run.model.train()
