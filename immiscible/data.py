@@ -17,7 +17,6 @@ release is downloaded through torchvision, which verifies its MD5 checksum.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import os
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from immiscible.io import atomic_write, atomic_write_text
+from immiscible.io import atomic_write, atomic_write_text, file_sha256
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -195,16 +194,8 @@ def _collect(entries: dict[str, list[tuple[str, callable]]], source: str) -> tup
     info = {"source": Path(source).name, "classes": classes,  # the name, never a machine path: prepared data
             "splits": {s: len(d) for s, d in out.items()}, "shape_hwc": list(out["train"].images.shape[1:])}
     if Path(source).is_file():  # an archive: its checksum says which one it was, wherever it lies
-        info["sha256"] = _file_sha256(Path(source))
+        info["sha256"] = file_sha256(source)
     return out, info
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_image_folder(path: str | os.PathLike) -> dict[str, ImageDataset]:

@@ -1,4 +1,4 @@
-"""Atomic writes for results: a temporary file next to the target, fsync, then ``os.replace``.
+"""Atomic writes for results: a temporary file next to the target, fsync, then ``os.replace``; file checksums.
 
 A reader (DVC, a notebook, a resumed run) sees the old file or the new one, never half of one. A write that fails
 removes its temporary file; a full disk becomes an OSError that says what to do. A write killed with SIGKILL can
@@ -7,6 +7,7 @@ leave only a hidden ``.tmp-*`` file beside the target, never a truncated target.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -57,3 +58,12 @@ def atomic_save_npy(path: str | os.PathLike, array) -> Path:
 def atomic_savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
     """``fig.savefig(path, **kwargs)`` atomically (the format follows the suffix of ``path``)."""
     return atomic_write(path, lambda tmp: fig.savefig(tmp, **kwargs))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks (any size, bounded memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

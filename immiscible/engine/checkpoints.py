@@ -23,16 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from immiscible.config import from_dict, to_dict
 from immiscible.engine.config import RESUMABLE_FIELDS, TrainConfig
-from immiscible.io import NO_SPACE, atomic_write, atomic_write_text, no_space_error
+from immiscible.io import NO_SPACE, atomic_write, atomic_write_text, file_sha256, no_space_error
 from immiscible.models import build_unet
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,7 +42,7 @@ def _fsync_dir(path: Path) -> None:
 
 def write_checksums(folder: Path) -> None:
     """Write SHA256SUMS for every file of ``folder`` (the last file of a checkpoint)."""
-    lines = [f"{_sha256(p)}  {p.name}" for p in sorted(folder.iterdir()) if p.is_file() and p.name != "SHA256SUMS"]
+    lines = [f"{file_sha256(p)}  {p.name}" for p in sorted(folder.iterdir()) if p.is_file() and p.name != "SHA256SUMS"]
     (folder / "SHA256SUMS").write_text("\n".join(lines) + "\n")
 
 
@@ -67,7 +59,7 @@ def verify_checksums(folder: Path) -> bool:
         return False
     for line in lines:
         digest, sep, name = line.partition("  ")
-        if not sep or not (folder / name).is_file() or _sha256(folder / name) != digest:
+        if not sep or not (folder / name).is_file() or file_sha256(folder / name) != digest:
             return False
     return True
 
@@ -312,4 +304,4 @@ def truncate_log(path: Path, step: int) -> None:
 
 def snapshot_digest(path: str | Path) -> str:
     """SHA-256 of a snapshot file: what evaluation caches are keyed by (weights, not file names)."""
-    return _sha256(Path(path))
+    return file_sha256(Path(path))

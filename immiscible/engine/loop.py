@@ -79,6 +79,19 @@ def training_data(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
     return images, (labels if cfg.num_classes else None)
 
 
+def training_inputs(cfg: TrainConfig, images: torch.Tensor | None = None, labels=None):
+    """(images, labels) a run trains on: the given ones, else ``training_data(cfg)``; labels checked against
+    ``cfg.num_classes`` (a class-conditional run needs them, each in [0, num_classes))."""
+    if images is None:
+        images, loaded_labels = training_data(cfg)
+        labels = loaded_labels if labels is None else labels
+    labels = None if labels is None else torch.as_tensor(labels)
+    if cfg.num_classes and labels is None:
+        raise ValueError(f"num_classes={cfg.num_classes}: a class-conditional run needs labels (train(..., labels=))")
+    if cfg.num_classes and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_classes):
+        raise ValueError(f"labels must lie in [0, {cfg.num_classes}); got [{int(labels.min())}, {int(labels.max())}]")
+    return images, labels
+
 def is_log_step(cfg: TrainConfig, step: int) -> bool:
     """Whether the step (0-based) ends a logging interval: the steps the assignment statistics are measured on."""
     return (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps
@@ -226,14 +239,7 @@ def train(cfg: TrainConfig, images: torch.Tensor | None = None, on_change: str =
     is_main = accelerator.is_main_process
 
     # ---- setup: data, model (pretrained weights when fine-tuning), loss, optimizer, EMA
-    if images is None:
-        images, loaded_labels = training_data(cfg)
-        labels = loaded_labels if labels is None else labels
-    labels = None if labels is None else torch.as_tensor(labels)
-    if cfg.num_classes and labels is None:
-        raise ValueError(f"num_classes={cfg.num_classes}: a class-conditional run needs labels (train(..., labels=))")
-    if cfg.num_classes and not (0 <= int(labels.min()) and int(labels.max()) < cfg.num_classes):
-        raise ValueError(f"labels must lie in [0, {cfg.num_classes}); got [{int(labels.min())}, {int(labels.max())}]")
+    images, labels = training_inputs(cfg, images, labels)
     torch.manual_seed(cfg.seed)  # same initial weights on every process
     if model is None:
         model = build_unet(cfg.model, cfg.resolution, images.shape[1], cfg.dropout, cfg.num_classes)

@@ -39,7 +39,7 @@ from immiscible.diffusion.schedules import alphas_cumprod
 from immiscible.engine.checkpoints import save_checkpoint, save_snapshot
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import (_stop_if_not_finite, append_log, batch_source, resume_or_start, saves_at,
-                                    training_data)
+                                    training_inputs)
 from immiscible.io import atomic_write_text
 from immiscible.models import build_unet, num_parameters
 from immiscible.noise.prefetch import prefetch
@@ -178,9 +178,8 @@ class _Stack:
                 p.copy_(stacked[r])
             run.ema.shadow_params = [s[r].clone() for s in self.shadow]
             run.ema.optimization_step = self.ema.optimization_step
-            run.optimizer.load_state_dict({
-                "state": {i: {k: (v if k == "step" else v[r]) for k, v in st.items()} for i, st in opt["state"].items()},
-                "param_groups": opt["param_groups"]})
+            state = {i: {k: (v if k == "step" else v[r]) for k, v in st.items()} for i, st in opt["state"].items()}
+            run.optimizer.load_state_dict({"state": state, "param_groups": opt["param_groups"]})
             run.lr_scheduler.load_state_dict(self.lr_scheduler.state_dict())
 
 
@@ -203,12 +202,7 @@ def train_side_by_side(cfgs, images: torch.Tensor | None = None, labels=None, on
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     stack = ("vmap" if device.type == "cuda" else "loop") if stack == "auto" else stack
     autocast_dtype = torch.bfloat16 if base.mixed_precision == "bf16" and device.type == "cuda" else None
-    if images is None:
-        images, loaded = training_data(base)
-        labels = loaded if labels is None else labels
-    labels = None if labels is None else torch.as_tensor(labels)
-    if base.num_classes and labels is None:
-        raise ValueError(f"num_classes={base.num_classes}: a class-conditional run needs labels")
+    images, labels = training_inputs(base, images, labels)
     if device.type == "cuda":  # the whole (small) training set on the device: batches are gathered there
         images = images.to(device)
         labels = None if labels is None else labels.to(device)

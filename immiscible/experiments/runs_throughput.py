@@ -127,8 +127,8 @@ def measure_processes(cfgs: list[TrainConfig], device: torch.device) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(cfgs)))}
     for cfg in cfgs:
         cfg = replace(cfg, output_dir=cfg.output_dir + "-process")
-        procs.append((cfg, subprocess.Popen([sys.executable, "-m", "immiscible.experiments.runs_throughput", "--worker", json.dumps(to_dict(cfg))],
-                                            env=env)))
+        command = [sys.executable, "-m", "immiscible.experiments.runs_throughput", "--worker", json.dumps(to_dict(cfg))]
+        procs.append((cfg, subprocess.Popen(command, env=env)))
     results = []
     for cfg, proc in procs:
         if proc.wait() != 0:
