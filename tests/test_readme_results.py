@@ -123,3 +123,19 @@ def test_the_check_catches_a_number_that_is_not_in_the_tables():
     values = _values(files)
     assert _unmatched(text, values, {}) == []
     assert _unmatched(text + " a changed value: -1.61%", values, {}) == ["-1.61"]
+
+
+def test_readme_throughput_table_is_the_runs_throughput_table():
+    """The README's table of images/s (runs side by side vs processes vs one run) is the DVC stage's table."""
+    table = pd.read_csv(ROOT / "results" / "tables" / "runs_throughput.csv").set_index("mode")
+    rows = {"3 processes at once": "processes", "one run alone": "single",
+            "side by side, `loop`": "side_by_side", "side by side, `vmap`": "side_by_side_vmap"}
+    readme = (ROOT / "README.md").read_text().splitlines()
+    for label, mode in rows.items():
+        line = next(x for x in readme if x.startswith(f"| {label}"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        r = table.loc[mode]
+        assert cells[1] == f"{r.images_per_s:.0f}", line
+        ratio = "1" if mode == "single" else f"{r.vs_single:.2f} ({r.vs_single_min:.2f}-{r.vs_single_max:.2f})"
+        assert cells[2] == ratio, line
+        assert cells[3] == f"{r.fraction_of_peak:.2f}", line
