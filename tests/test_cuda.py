@@ -36,6 +36,28 @@ def test_timing_on_cuda_names_the_gpu():
     assert (df[df.method == "exact"].delta_mean_distance_pct < 0).all()
 
 
+@pytest.mark.parametrize("B", [512, 2048])
+def test_auction_on_cuda_reaches_the_optimum_and_stays_on_the_device(B):
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
+    from immiscible.noise.assignment import AUCTION_MIN_BATCH, assignment_permutation, image_noise_distance
+    from immiscible.noise.auction import solve_auction
+    g = torch.Generator().manual_seed(B)
+    x0 = (torch.rand((B, 3, 32, 32), generator=g) * 2 - 1).cuda().half()
+    noise = torch.randn(x0.shape, generator=g).cuda().half()
+    cost = image_noise_distance(x0, noise, dtype=torch.float32)
+    perm, report = solve_auction(cost)
+    assert perm.is_cuda and report.certified
+    c64 = cost.double().cpu().numpy()
+    r, c = linear_sum_assignment(c64)
+    assert c64[np.arange(B), perm.cpu().numpy()].sum() == pytest.approx(c64[r, c].sum(), rel=1e-12)
+    auto = assignment_permutation(x0, noise)  # "auto": the auction from AUCTION_MIN_BATCH on
+    assert auto.is_cuda
+    if B >= AUCTION_MIN_BATCH:
+        assert torch.equal(auto, perm)
+
+
 def test_gpu_training_thread_and_inline_see_the_same_assigned_noise(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)

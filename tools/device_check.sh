@@ -6,7 +6,8 @@
 #   bash tools/device_check.sh [OUT]     # on the GPU machine; results in OUT (default results/device)
 #
 # 1. the assignment tests and the CUDA tests (tests/test_assignment.py, tests/test_cuda.py);
-# 2. the assignment timing on CUDA in fp16 up to B=8192 (params.yaml group assignment_timing_cuda):
+# 2. the assignment timing on CUDA in fp16 up to B=16384 (params.yaml group assignment_timing_cuda), the certified
+#    GPU auction among the methods (part `auction` runs its tests on the GPU first):
 #    OUT/tables/assignment_timing_cuda.csv and OUT/figures/assignment_timing_cuda.png, the GPU named in each row;
 # 3. the training-step overhead of the exact assignment (inline and in a background thread) vs vanilla on the GPU
 #    for the paper's CIFAR-10 UNet (bf16) at B=128 and 512: OUT/assignment_overhead_cuda.csv;
@@ -68,7 +69,11 @@ fi
 (nvidia-smi; "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
  # the exact solver's C kernel: built here once (not inside a timing), or why not (then `lap` solves)
  "$py" -c "from immiscible.noise import native; print('jv kernel:', native.build())") > "$out/hardware.txt" 2>&1
+if [ ! -f "$data/cifar10/train.npz" ] && [ -n "${CIFAR10_ARCHIVE:-}" ]; then  # once, for every part
+  "$py" -m immiscible.data --dataset cifar10 --out "$data/cifar10" --archive "$CIFAR10_ARCHIVE" 2>&1 | tail -3
+fi
 part pytest_cuda 120 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
+part auction 90 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_auction.py tests/test_cuda.py -k auction
 part timing 180 "$py" -m immiscible.experiments.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
 part bench 150 "$py" -m immiscible.experiments.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
   --data-dir "$data" --out "$out/assignment_overhead_cuda.csv"

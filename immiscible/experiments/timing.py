@@ -8,6 +8,8 @@ mean image-noise distance, since a fast method that loses the reduction is worth
 Methods timed here:
     exact        optimal L2 permutation, the default solver: the project's Jonker-Volgenant kernel ``jv`` on the fp32
                  distances (``lap`` where no C compiler is found; the ``solver`` column says which ran)
+    exact_auction the same optimum from the certified auction on the tensors' device (``immiscible.noise.auction``):
+                 fp32 distances and the solve on the GPU, rows failing the float64 certificate finished by ``jv``
     exact_lap    the same optimum from the ``lap`` package's Jonker-Volgenant solver (float64)
     exact_scipy  the same optimum from scipy's linear_sum_assignment on the raw L2 matrix (the plain baseline)
     quantized    the official code's fp16 distances of 0.1-scaled tensors, scipy solve
@@ -33,12 +35,16 @@ from scipy.optimize import linear_sum_assignment
 from tqdm.auto import tqdm
 
 from immiscible.noise import native
+from immiscible.noise.auction import solve_auction
 from immiscible.noise.assignment import greedy_permutation, image_noise_distance, knn_noise, mean_pair_distance, \
     solve_assignment
 from immiscible.experiments.distance_reduction import PAPER_TIME_MS
 from immiscible.io import atomic_savefig
 
-TIMING_METHODS = ("exact", "exact_lap", "exact_scipy", "quantized", "greedy", "knn")
+TIMING_METHODS = ("exact", "exact_auction", "exact_lap", "exact_scipy", "quantized", "greedy", "knn")
+# The ``optimality`` column: how a method's permutation relates to the optimum of its distance matrix
+OPTIMALITY = {"exact": "exact solver", "exact_lap": "exact solver", "exact_scipy": "exact solver",
+              "quantized": "exact on fp16 distances", "greedy": "approximate", "knn": "not a permutation"}
 
 
 def hardware_description(device: str) -> str:
@@ -68,11 +74,15 @@ def _timed(fn, device):
 
 
 def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_k: int, seed: int = 0):
-    """Returns (paired noise, distance_ms, assign_ms) for one batch."""
+    """Returns (paired noise, distance_ms, assign_ms, optimality) for one batch."""
     if method == "knn":
         generator = torch.Generator(x0.device).manual_seed(seed)  # seeded: the table's reduction is reproducible
         out, ms = _timed(lambda: knn_noise(x0, knn_k, generator=generator), device)
-        return out, float("nan"), ms
+        return out, float("nan"), ms, OPTIMALITY[method]
+    if method == "exact_auction":  # everything on the device: fp32 distances, the certified auction
+        cost, distance_ms = _timed(lambda: image_noise_distance(x0, noise, dtype=torch.float32), device)
+        (perm, report), assign_ms = _timed(lambda: solve_auction(cost), device)
+        return noise[perm], distance_ms, assign_ms, "certified" if report.certified else "not certified"
     if method == "quantized":
         def dist():
             d = image_noise_distance(x0 * 0.1, noise * 0.1, dtype=torch.float16 if device.startswith("cuda") else None)
@@ -92,13 +102,13 @@ def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_
         perm, assign_ms = _timed(lambda: linear_sum_assignment(cost)[1], "cpu")
     else:
         perm, assign_ms = _timed(lambda: greedy_permutation(cost), "cpu")
-    return noise[torch.as_tensor(perm, device=noise.device)], distance_ms, assign_ms
+    return noise[torch.as_tensor(perm, device=noise.device)], distance_ms, assign_ms, OPTIMALITY[method]
 
 
 def _solver_name(method: str) -> str:
     if method == "exact":
         return "jv" if native.jv_kernel() is not None else "lap"
-    return {"exact_lap": "lap", "exact_scipy": "scipy", "quantized": "scipy"}.get(method, method)
+    return {"exact_auction": "auction", "exact_lap": "lap", "exact_scipy": "scipy", "quantized": "scipy"}.get(method, method)
 
 
 def _batch(images: torch.Tensor | None, B: int, dim: int, seed: int, repeat: int, device: str, dtype: torch.dtype):
@@ -115,13 +125,17 @@ def _batch(images: torch.Tensor | None, B: int, dim: int, seed: int, repeat: int
 
 def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072, device: str = "cpu",
                     repeats: int = 5, max_seconds: float = 20.0, knn_k: int = 64, seed: int = 0,
-                    images: torch.Tensor | None = None, dtype: str = "float32") -> pd.DataFrame:
+                    images: torch.Tensor | None = None, dtype: str = "float32",
+                    max_batch: dict | None = None) -> pd.DataFrame:
     """Median timings per (method, batch size) over ``repeats`` different batches (the solve time depends on the
     batch, not only on B), and the mean achieved change of the image-noise distance. Data: rows of ``images``
     (float, [-1, 1], at least max(B) rows) when given, else uniform [-1, 1] vectors of size ``dim``; noise is
     standard Gaussian. Every method sees the same batches. A point stops once it has used ``max_seconds`` (at least
     one timed batch, after one warm-up at B <= 1024). ``dtype`` ('float32', 'float16', 'bfloat16') is the precision
-    of images and noise (low precision is meant for CUDA)."""
+    of images and noise (low precision is meant for CUDA). ``max_batch`` ({method: B}) skips a method's larger
+    batch sizes (a slow solver's point could take minutes). The ``optimality`` column says how each row's
+    permutation relates to the optimum: the exact solvers are exact by construction, the auction's rows say whether
+    every batch passed its float64 certificate."""
     bad = [m for m in methods if m not in TIMING_METHODS]
     if bad:
         raise ValueError(f"unknown timing method(s) {bad}; choose from {TIMING_METHODS}")
@@ -143,14 +157,16 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
     rows = []
     for B in tqdm(batch_sizes, desc="assignment timing"):
         for method in methods:
+            if B > (max_batch or {}).get(method, B):
+                continue
             if B <= 1024:   # warm-up (allocators, BLAS threads, CUDA kernels)
                 _solve(method, *_batch(images, B, dim, seed, 0, device, dtypes[dtype]), device, knn_k, seed)
             runs, start = [], time.perf_counter()
             while len(runs) < repeats and (not runs or time.perf_counter() - start < max_seconds):
                 x0, noise = _batch(images, B, dim, seed, len(runs), device, dtypes[dtype])
                 base = mean_pair_distance(x0, noise)
-                paired, d_ms, a_ms = _solve(method, x0, noise, device, knn_k, seed)
-                runs.append((d_ms, a_ms, 100.0 * (mean_pair_distance(x0, paired) - base) / base))
+                paired, d_ms, a_ms, optimality = _solve(method, x0, noise, device, knn_k, seed)
+                runs.append((d_ms, a_ms, 100.0 * (mean_pair_distance(x0, paired) - base) / base, optimality))
             d_ms = statistics.median(r[0] for r in runs)
             a_ms = statistics.median(r[1] for r in runs)
             tqdm.write(f"B={B} {method}: {a_ms + (0.0 if math.isnan(d_ms) else d_ms):.1f} ms "
@@ -161,6 +177,7 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
                 "distance_ms": d_ms, "assign_ms": a_ms, "total_ms": a_ms + (0.0 if math.isnan(d_ms) else d_ms),
                 "repeats": len(runs),
                 "delta_mean_distance_pct": statistics.fmean(r[2] for r in runs),
+                "optimality": ("not certified" if any(r[3] == "not certified" for r in runs) else runs[0][3]),
                 "paper_total_ms": PAPER_TIME_MS.get(B, float("nan")),
             })
     return pd.DataFrame(rows)
@@ -249,7 +266,7 @@ def run_group(params: dict, data_dir: str = "data", output_dir: str = "results",
     df = time_assignment(list(p["methods"]), list(p["batch_sizes"]), dim=p.get("dim", 3072),
                          device=p.get("device", "cpu"), repeats=p.get("repeats", 5),
                          max_seconds=p.get("max_seconds", 20.0), knn_k=p.get("knn_k", 64), seed=p.get("seed", 0),
-                         images=images, dtype=p.get("dtype", "float32"))
+                         images=images, dtype=p.get("dtype", "float32"), max_batch=p.get("max_batch"))
     out = Path(output_dir)
     atomic_write_text(out / "tables" / table_name, df.to_csv(index=False))
     plot_timing(df, out / "figures" / Path(table_name).with_suffix(".png").name)

@@ -25,8 +25,12 @@ Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
              CIFAR-10 batches of 1024 (results/tables/assignment_timing.csv).
 ``"lap"``    Jonker-Volgenant from the ``lap`` package (float64, scalar C++).
 ``"scipy"``  ``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost.
-``"auto"``   (default) ``jv`` where it builds (a C compiler is needed), else ``lap`` where it is installed (the
-             optional extra ``immiscible[lap]``), else ``scipy``.
+``"auction"`` a parallel auction on the tensors' device (``immiscible.noise.auction``), certified optimal in float64,
+             rows that fail the certificate finished by ``jv`` from the auction's duals. Meant for CUDA: the B x B
+             matrix never leaves the GPU unless the finish needs it.
+``"auto"``   (default) ``auction`` for CUDA batches of at least ``AUCTION_MIN_BATCH``, else ``jv`` where it builds (a C
+             compiler is needed), else ``lap`` where it is installed (the optional extra ``immiscible[lap]``), else
+             ``scipy``.
 Subtracting each row's and then each column's minimum changes every permutation's total by the same
 constant, so the optimal permutation is unchanged, but the nearly-constant raw L2 matrix becomes a
 well-conditioned one that scipy solves several times faster (``reduce_cost``).
@@ -41,10 +45,12 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from immiscible.noise import native
+from immiscible.noise.auction import solve_auction
 
 METHODS = ("exact", "quantized", "greedy")
 COSTS = ("l2", "sqeuclidean")
-SOLVERS = ("auto", "jv", "lap", "scipy")
+SOLVERS = ("auto", "jv", "lap", "scipy", "auction")
+AUCTION_MIN_BATCH = 2048  # "auto" on CUDA from here; below it the CPU kernel is competitive (to be measured)
 
 
 def _check_pair(x0: torch.Tensor, noise: torch.Tensor) -> None:
@@ -146,6 +152,8 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
     largest = float(np.abs(cost).max())  # NaN if any entry is NaN
     if not np.isfinite(largest):
         raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
+    if solver == "auction":
+        return solve_auction(torch.from_numpy(cost))[0].numpy()
     if solver == "auto":
         solver = ("jv" if largest < native.MAX_COST and native.jv_kernel() is not None else
                   "lap" if _has_lap() else "scipy")
@@ -207,6 +215,10 @@ def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = 
             # wherever the matrices agree, and otherwise the optimum of a matrix one rounding step from it.
             dist = image_noise_distance(x0 * 0.1, noise * 0.1, "l2").to(torch.float16)
             perm = np.asarray(linear_sum_assignment(dist.float().cpu().numpy())[1], dtype=np.int64)
+        elif method == "exact" and (solver == "auction" or solver == "auto" and x0.is_cuda
+                                    and B >= AUCTION_MIN_BATCH):
+            # On the device: fp32 distances (one fp32 GEMM, whatever the inputs' precision), the certified auction
+            return solve_auction(image_noise_distance(x0, noise, cost, dtype=torch.float32))[0]
         else:
             dist = image_noise_distance(x0, noise, cost).float().cpu().numpy()  # fp32: what the GEMM computed
             perm = solve_assignment(dist, solver) if method == "exact" else greedy_permutation(dist)

@@ -153,25 +153,67 @@ def build(cc: str | None = None) -> Path:
     raise RuntimeError("could not compile the assignment kernel:\n" + "\n\n".join(errors))
 
 
+def _library():
+    """The built kernel library (ctypes), or None (with a warning saying why) when it cannot be built here. Not
+    cached itself: ``jv_kernel`` and ``jv_finish_kernel`` are (clearing theirs rebuilds or reloads)."""
+    if os.environ.get("IMMISCIBLE_NATIVE", "1") == "0":
+        return None
+    try:
+        return ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as err:
+        warnings.warn(f"immiscible: the native assignment kernel is unavailable, using `lap` (or scipy without "
+                      f"it) ({err})", RuntimeWarning, stacklevel=5)
+        return None
+
+
+def _functions(prefix: str, argtypes: tuple) -> dict | None:
+    lib = _library()
+    if lib is None:
+        return None
+    kernels = {}
+    for dtype, name in ((np.float32, f"{prefix}_float"), (np.float64, f"{prefix}_double")):
+        fn = getattr(lib, name)
+        fn.restype = ctypes.c_int
+        fn.argtypes = argtypes
+        kernels[dtype] = fn
+    return kernels
+
+
 @functools.lru_cache(maxsize=1)
 def jv_kernel():
     """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, arr_passes) -> int``, or None
     (with a warning saying why) when the kernel cannot be built here."""
-    if os.environ.get("IMMISCIBLE_NATIVE", "1") == "0":
-        return None
-    try:
-        lib = ctypes.CDLL(str(build()))
-    except (RuntimeError, OSError) as err:
-        warnings.warn(f"immiscible: the native assignment kernel is unavailable, using `lap` (or scipy without "
-                      f"it) ({err})", RuntimeWarning, stacklevel=3)
-        return None
-    kernels = {}
-    for dtype, name in ((np.float32, "jv_solve_float"), (np.float64, "jv_solve_double")):
-        fn = getattr(lib, name)
-        fn.restype = ctypes.c_int
-        fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
-        kernels[dtype] = fn
-    return kernels
+    return _functions("jv_solve", (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_int,))
+
+
+@functools.lru_cache(maxsize=1)
+def jv_finish_kernel():
+    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*) -> int`` (the shortest augmenting
+    paths from a warm start), or None when the kernel cannot be built here."""
+    return _functions("jv_finish", (ctypes.c_int,) + (ctypes.c_void_p,) * 4)
+
+
+def finish_jv(cost: np.ndarray, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Complete a partial assignment optimally: ``x`` (n,) int, row -> column or -1, ``v`` (n,) float64 column
+    prices such that every assigned row's column attains min_j (cost_ij - v_j) in float64 (the caller checks it;
+    ``immiscible.noise.auction`` does). ``cost``: C-contiguous float32/float64 (n, n), finite. Returns the optimal
+    permutation and the final column prices (for which every row's column attains its row minimum); the GIL is
+    released while it runs."""
+    kernels = jv_finish_kernel()
+    if kernels is None:
+        raise RuntimeError("the native assignment kernel is unavailable here (see the warning above)")
+    n = cost.shape[0]
+    x = np.ascontiguousarray(x, dtype=np.int32).copy()
+    v = np.ascontiguousarray(v, dtype=np.float64).copy()
+    y = np.full(n, -1, dtype=np.int32)
+    assigned = x >= 0
+    if len(np.unique(x[assigned])) != int(assigned.sum()):
+        raise ValueError("finish_jv: two rows share a column in the partial assignment")
+    y[x[assigned]] = np.nonzero(assigned)[0]
+    status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data)
+    if status != 0:
+        raise MemoryError(f"the assignment kernel ran out of memory on a {n}x{n} matrix")
+    return x.astype(np.int64), v
 
 
 def solve_jv(cost: np.ndarray, arr_passes: int = 2, check: bool = True) -> np.ndarray:

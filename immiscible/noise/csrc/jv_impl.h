@@ -26,6 +26,44 @@ static void JV_NAME(row_min2)(const JV_COST *restrict c, const double *restrict 
     *m1 = a; *j1 = ja; *m2 = b; *j2 = jb < n ? jb : -1;
 }
 
+static void JV_NAME(augment)(int n, const JV_COST *C, int *x, int *y, double *v, const int *free_rows, int nfree,
+                            int *ready, int *pred, double *dist, double *ready_dist) {
+    /* 4. Shortest augmenting path from each free row. dist_j is the path length to column j; a scanned column
+          gets dist_j = -JV_BIG (so that no later relaxation touches it) and its length goes to ready_dist.
+          Exact from any state in which every assigned row's column attains min_j (C_ij - v_j). */
+    for (int f = 0; f < nfree; f++) {
+        int fr = free_rows[f], nready = 0, end;
+        const JV_COST *c = C + (size_t)fr * n;
+        double mn = JV_BIG;
+        for (int j = 0; j < n; j++) { double t = c[j] - v[j]; dist[j] = t; pred[j] = fr; mn = t < mn ? t : mn; }
+        for (;;) {
+            int j1 = n;  /* the first unscanned column at the minimal distance */
+            for (int j = 0; j < n; j++) { int k = dist[j] == mn ? j : n; j1 = k < j1 ? k : j1; }
+            if (y[j1] < 0) { end = j1; break; }
+            dist[j1] = -JV_BIG; ready_dist[nready] = mn; ready[nready++] = j1;
+            int i = y[j1];
+            const JV_COST *ci = C + (size_t)i * n;
+            double hh = ci[j1] - v[j1] - mn, m = JV_BIG;
+            for (int j = 0; j < n; j++) {  /* relax through row i, and the next minimum in the same pass */
+                double t = ci[j] - v[j] - hh, dj = dist[j];
+                int lt = t < dj;
+                dj = lt ? t : dj;
+                dist[j] = dj; pred[j] = lt ? i : pred[j];
+                double w = dj == -JV_BIG ? JV_BIG : dj;
+                m = w < m ? w : m;
+            }
+            mn = m;
+        }
+        for (int k = 0; k < nready; k++) v[ready[k]] += ready_dist[k] - mn;  /* keep slackness on the scanned */
+        for (;;) {  /* flip the path back to the free row */
+            int i = pred[end], jn = x[i];
+            y[end] = i; x[i] = end;
+            if (i == fr) break;
+            end = jn;
+        }
+    }
+}
+
 int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int arr_passes) {
     /* Optimal assignment of the n x n row-major matrix C: row i gets column x[i], column j row y[j]; v gets the
        column prices. arr_passes: passes of step 3 (2 in the paper; 0 sends every free row to step 4, which
@@ -84,40 +122,23 @@ int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int ar
             }
         }
     }
-    /* 4. Shortest augmenting path from each free row. dist_j is the path length to column j; a scanned column
-          gets dist_j = -JV_BIG (so that no later relaxation touches it) and its length goes to ready_dist. */
-    for (int f = 0; f < nfree; f++) {
-        int fr = free_rows[f], nready = 0, end;
-        const JV_COST *c = C + (size_t)fr * n;
-        double mn = JV_BIG;
-        for (int j = 0; j < n; j++) { double t = c[j] - v[j]; dist[j] = t; pred[j] = fr; mn = t < mn ? t : mn; }
-        for (;;) {
-            int j1 = n;  /* the first unscanned column at the minimal distance */
-            for (int j = 0; j < n; j++) { int k = dist[j] == mn ? j : n; j1 = k < j1 ? k : j1; }
-            if (y[j1] < 0) { end = j1; break; }
-            dist[j1] = -JV_BIG; ready_dist[nready] = mn; ready[nready++] = j1;
-            int i = y[j1];
-            const JV_COST *ci = C + (size_t)i * n;
-            double hh = ci[j1] - v[j1] - mn, m = JV_BIG;
-            for (int j = 0; j < n; j++) {  /* relax through row i, and the next minimum in the same pass */
-                double t = ci[j] - v[j] - hh, dj = dist[j];
-                int lt = t < dj;
-                dj = lt ? t : dj;
-                dist[j] = dj; pred[j] = lt ? i : pred[j];
-                double w = dj == -JV_BIG ? JV_BIG : dj;
-                m = w < m ? w : m;
-            }
-            mn = m;
-        }
-        for (int k = 0; k < nready; k++) v[ready[k]] += ready_dist[k] - mn;  /* keep slackness on the scanned */
-        for (;;) {  /* flip the path back to the free row */
-            int i = pred[end], jn = x[i];
-            y[end] = i; x[i] = end;
-            if (i == fr) break;
-            end = jn;
-        }
-    }
+    JV_NAME(augment)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist);
 done:
     free(free_rows); free(matches); free(ready); free(pred); free(colarg); free(dist); free(h); free(ready_dist);
+    return ok ? 0 : -1;
+}
+
+int JV_NAME(jv_finish)(int n, const JV_COST *C, int *x, int *y, double *v) {
+    /* Warm start: x (row -> column or -1), y (column -> row or -1) and the column prices v come from elsewhere (the
+       GPU auction's duals); every assigned row must attain its row minimum of C_ij - v_j (the caller checks it in
+       the same double arithmetic). Step 4 then assigns the free rows optimally. Returns 0, or -1 without memory. */
+    int *free_rows = malloc(sizeof(int) * n), *ready = malloc(sizeof(int) * n), *pred = malloc(sizeof(int) * n);
+    double *dist = malloc(sizeof(double) * n), *ready_dist = malloc(sizeof(double) * n);
+    int ok = free_rows && ready && pred && dist && ready_dist, nfree = 0;
+    if (ok) {
+        for (int i = 0; i < n; i++) if (x[i] < 0) free_rows[nfree++] = i;
+        JV_NAME(augment)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist);
+    }
+    free(free_rows); free(ready); free(pred); free(dist); free(ready_dist);
     return ok ? 0 : -1;
 }

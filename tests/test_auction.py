@@ -1,0 +1,130 @@
+"""The certified auction (immiscible/noise/auction.py) and the JV warm start it finishes with: the optimum of
+scipy's float64 solver on every kind of cost, a certificate that rejects a non-optimal permutation, the documented
+errors. On the CPU here; tests/test_cuda.py runs the same solver on a GPU."""
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from immiscible.noise import native
+from immiscible.noise.assignment import assignment_permutation, image_noise_distance, solve_assignment
+from immiscible.noise.auction import max_violation, solve_auction
+
+needs_kernel = pytest.mark.skipif(native.jv_kernel() is None, reason="no C compiler: the JV kernel is unavailable")
+
+
+def optimum(cost: np.ndarray) -> float:
+    r, c = linear_sum_assignment(cost.astype(np.float64))
+    return float(cost.astype(np.float64)[r, c].sum())
+
+
+def total(cost: np.ndarray, perm) -> float:
+    return float(cost.astype(np.float64)[np.arange(len(cost)), np.asarray(perm)].sum())
+
+
+def costs(kind: str, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return rng.random((n, n)).astype(np.float32)
+    if kind == "cifar_like":  # raw L2 image-noise distances: nearly constant, a narrow spread per row
+        x = torch.from_numpy(rng.uniform(-1, 1, (n, 3 * 16 * 16)).astype(np.float32))
+        return image_noise_distance(x, torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))).numpy()
+    if kind == "duplicated_rows":
+        base = rng.random((max(n // 4, 1), n))
+        return base[rng.integers(0, len(base), n)]
+    if kind == "tied":  # few distinct values: many optimal permutations
+        return rng.integers(0, 3, (n, n)).astype(np.float64)
+    if kind == "large_range":  # adversarial: entries from 1e-3 to 1e6
+        return (10.0 ** rng.uniform(-3, 6, (n, n))).astype(np.float64)
+    raise ValueError(kind)
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied", "large_range"])
+@pytest.mark.parametrize("n", [2, 3, 17, 128, 512])
+def test_auction_reaches_scipys_optimum(kind, n):
+    cost = costs(kind, n, seed=n)
+    perm, report = solve_auction(torch.from_numpy(cost))
+    assert sorted(perm.tolist()) == list(range(n))
+    assert total(cost, perm) == pytest.approx(optimum(cost), rel=1e-12, abs=1e-12)
+    assert report.certified and report.max_violation <= 1e-9 * (np.ptp(cost) + 1)
+    assert max_violation(torch.from_numpy(cost), perm, report.duals) == report.max_violation
+
+
+@needs_kernel
+def test_auction_at_a_large_batch_and_through_solve_assignment():
+    cost = costs("cifar_like", 2048, seed=3)
+    perm = solve_assignment(cost, "auction")
+    assert total(cost, perm) == pytest.approx(optimum(cost), rel=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("tail,eps_final,scaling", [(0.0, 1e-6, 4.0), (0.5, 1e-2, 64.0), (0.0, 0.5, 2.0)])
+def test_every_setting_gives_the_optimum(tail, eps_final, scaling):
+    """The settings move work between the auction and the CPU finish; the optimum stays."""
+    cost = costs("cifar_like", 200, seed=5)
+    perm, report = solve_auction(torch.from_numpy(cost), eps_final=eps_final, scaling=scaling, tail=tail)
+    assert total(cost, perm) == pytest.approx(optimum(cost), rel=1e-12)
+    assert report.certified
+
+
+@needs_kernel
+def test_the_certificate_rejects_a_non_optimal_permutation():
+    cost = torch.from_numpy(costs("random", 64, seed=7))
+    perm, report = solve_auction(cost)
+    assert max_violation(cost, perm, report.duals) <= 1e-12
+    worse = perm.clone()
+    worse[[0, 1]] = worse[[1, 0]]  # a swap: with continuous random costs, strictly worse
+    assert total(cost.numpy(), worse) > total(cost.numpy(), perm)
+    assert max_violation(cost, worse, report.duals) > 1e-6
+
+
+@needs_kernel
+def test_the_jv_warm_start_completes_a_partial_assignment_optimally():
+    cost = costs("random", 300, seed=11)
+    r, c = linear_sum_assignment(cost)
+    # optimal duals from a full solve, then half the rows freed: the finish must restore an optimum
+    perm, report = solve_auction(torch.from_numpy(cost))
+    partial = perm.numpy().copy()
+    partial[::2] = -1
+    done, v = native.finish_jv(np.ascontiguousarray(cost), partial, report.duals.numpy())
+    assert total(cost, done) == pytest.approx(total(cost, c), rel=1e-12)
+    with pytest.raises(ValueError, match="share a column"):
+        native.finish_jv(np.ascontiguousarray(cost), np.zeros(300, dtype=np.int64), report.duals.numpy())
+
+
+def test_fp32_distances_keep_the_float64_optimum():
+    """The auction path computes the B x B L2 distances in fp32 (one fp32 GEMM): the permutation it gives has the
+    float64 cost of the optimum of float64 distances."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand((256, 3, 32, 32), generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    d64 = image_noise_distance(x0.double(), noise.double(), dtype=torch.float64).numpy()
+    perm = assignment_permutation(x0, noise, "exact", solver="auction")
+    assert total(d64, perm) == pytest.approx(optimum(d64), rel=1e-12)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (torch.zeros(3, 4), ValueError, "square"),
+    (torch.zeros(0, 0), ValueError, "empty"),
+    (torch.tensor([[0.0, float("nan")], [1.0, 2.0]]), ValueError, "NaN or inf"),
+    (torch.tensor([[0.0, float("inf")], [1.0, 2.0]]), ValueError, "NaN or inf"),
+    (np.zeros((2, 2)), TypeError, "torch tensor"),
+])
+def test_bad_costs_give_the_documented_errors(bad, error, match):
+    with pytest.raises(error, match=match):
+        solve_auction(bad)
+
+
+@pytest.mark.parametrize("bad,match", [(np.zeros((3, 4)), "square"), (np.array([[0.0, np.nan], [1.0, 2.0]]),
+                                                                       "NaN or inf")])
+def test_solve_assignment_with_the_auction_rejects_bad_costs(bad, match):
+    with pytest.raises(ValueError, match=match):
+        solve_assignment(bad, "auction")
+
+
+@pytest.mark.parametrize("kw,match", [({"scaling": 1.0}, "scaling"), ({"eps_final": 0.0}, "eps_final"),
+                                      ({"tail": 1.0}, "tail")])
+def test_bad_settings_give_the_documented_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        solve_auction(torch.rand(4, 4), **kw)
