@@ -1,0 +1,63 @@
+"""Where the certified auction's time goes, per batch size and setting (for tuning ``solve_auction``'s defaults):
+seconds of the fp32 distances, of the whole solve, the rounds, the rows left to the CPU finish. CIFAR-10 images
+(DATA_DIR/cifar10) when present, else uniform [-1, 1] vectors; Gaussian noise.
+
+    python tools/auction_profile.py --out results/device/auction_profile.csv [--device cuda] [--batch-sizes ...]
+"""
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from immiscible.noise.assignment import image_noise_distance
+from immiscible.noise.auction import solve_auction
+
+SETTINGS = [dict(), dict(tail=1 / 8), dict(tail=1 / 128), dict(scaling=16.0), dict(scaling=4.0), dict(eps_final=1e-3)]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
+    p.add_argument("--tune-at", type=int, default=4096, help="the batch size at which every setting is timed")
+    p.add_argument("--data-dir", default="data")
+    a = p.parse_args()
+    sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
+    n_max = max(a.batch_sizes + [a.tune_at])
+    try:
+        from immiscible.data import load_dataset
+        images = load_dataset("cifar10", "train", a.data_dir).tensor(slice(0, n_max)).flatten(1)
+    except Exception as err:  # noqa: BLE001 - a profile without data still says something
+        print("no CIFAR-10 here, uniform vectors instead:", err)
+        images = torch.rand(n_max, 3072) * 2 - 1
+    rows = []
+    for B in a.batch_sizes:
+        for setting in (SETTINGS if B == a.tune_at else SETTINGS[:1]):
+            g = torch.Generator().manual_seed(B)
+            x0 = images[torch.randperm(len(images), generator=g)[:B]].to(a.device, torch.float16)
+            noise = torch.randn(x0.shape, generator=g).to(a.device, torch.float16)
+            for repeat in range(3 if B <= 4096 else 2):  # the first is a warm-up
+                sync()
+                t0 = time.perf_counter()
+                cost = image_noise_distance(x0, noise, dtype=torch.float32)
+                sync()
+                t1 = time.perf_counter()
+                perm, rep = solve_auction(cost, **setting)
+                sync()
+                t2 = time.perf_counter()
+            row = {"batch_size": B, "setting": ",".join(f"{k}={v:g}" for k, v in setting.items()) or "default",
+                   "distance_ms": 1e3 * (t1 - t0), "solve_ms": 1e3 * (t2 - t1), "rounds": rep.rounds,
+                   "phases": rep.phases, "unassigned": rep.unassigned, "freed": rep.freed,
+                   "certified": rep.certified, "max_violation": rep.max_violation, "device": a.device,
+                   "hardware": torch.cuda.get_device_name() if a.device.startswith("cuda") else "cpu"}
+            print(row, flush=True)
+            rows.append(row)
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            pd.DataFrame(rows).to_csv(a.out, index=False)
+
+
+if __name__ == "__main__":
+    main()
