@@ -163,9 +163,15 @@ def test_resume_on_cuda_continues_the_run(tmp_path):
     assert abs(whole["final_loss"] - summary["final_loss"]) < 1e-3
 
 
-def test_side_by_side_on_cuda_matches_the_cpu_loop_and_resumes(tmp_path):
-    """The stacked (vmap) runs on the GPU in fp32 end within a tolerance of the same runs trained on the CPU one by
-    one; a bf16 stacked run resumes on the GPU."""
+def test_side_by_side_on_cuda_matches_the_cuda_loop_and_resumes(tmp_path, monkeypatch):
+    """The stacked (vmap) runs on the GPU in fp32 (TF32 off) end within a tolerance of the same runs trained one by
+    one on the GPU (the same device's generators: the CPU draws other noise, which an H200 run showed as 96% of the
+    weights differing by more than 1e-4); a bf16 stacked run resumes on the GPU. AdamW turns a gradient that is
+    rounding noise (a bias ahead of a normalisation has a zero gradient in exact arithmetic) into a full step of
+    either sign, so a few entries may differ by up to 2 lr per step; the test bounds the share of entries that
+    differ by more than 1e-4 and the largest difference by 2 lr x steps."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     from dataclasses import replace
     from safetensors.torch import load_file
     from immiscible.engine.side_by_side import train_side_by_side
@@ -176,13 +182,14 @@ def test_side_by_side_on_cuda_matches_the_cpu_loop_and_resumes(tmp_path):
 
     def cfgs(name, **kw):
         return [replace(base, method=m, seed=s, output_dir=str(tmp_path / name / f"{m}-{s}"), **kw) for m, s in runs]
-    train_side_by_side(cfgs("cpu"), images=images, stack="loop", device="cpu")
+    train_side_by_side(cfgs("loop"), images=images, stack="loop", device="cuda")
     summaries = train_side_by_side(cfgs("gpu"), images=images, stack="vmap", device="cuda")
     assert {s["stack"] for s in summaries} == {"vmap"}
-    for a, b in zip(cfgs("cpu"), cfgs("gpu")):
+    for a, b in zip(cfgs("loop"), cfgs("gpu")):
         wa = load_file(f"{a.output_dir}/checkpoint-0000004/model.safetensors")
         wb = load_file(f"{b.output_dir}/checkpoint-0000004/model.safetensors")
-        assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-3
+        diff = torch.cat([(wa[k] - wb[k]).abs().flatten() for k in wa])
+        assert float((diff > 1e-4).float().mean()) < 0.01 and float(diff.max()) <= 2 * base.lr * base.steps + 1e-5
     train_side_by_side([replace(c, steps=2) for c in cfgs("bf16", mixed_precision="bf16")], images=images)
     resumed = train_side_by_side(cfgs("bf16", mixed_precision="bf16"), images=images)
     assert {s["start_step"] for s in resumed} == {2}

@@ -125,17 +125,66 @@ def test_the_check_catches_a_number_that_is_not_in_the_tables():
     assert _unmatched(text + " a changed value: -1.61%", values, {}) == ["-1.61"]
 
 
+def _table_after(marker: str) -> list[str]:
+    """The README's lines of the first table after the line that contains ``marker``."""
+    readme = [x.strip() for x in (ROOT / "README.md").read_text().splitlines()]  # tables in list items are indented
+    start = next(i for i, x in enumerate(readme) if marker in x)
+    first = next(i for i in range(start, len(readme)) if readme[i].startswith("|"))
+    end = next(i for i in range(first, len(readme)) if not readme[i].startswith("|"))
+    return readme[first:end]
+
+
 def test_readme_throughput_table_is_the_runs_throughput_table():
     """The README's table of images/s (runs side by side vs processes vs one run) is the DVC stage's table."""
     table = pd.read_csv(ROOT / "results" / "tables" / "runs_throughput.csv").set_index("mode")
     rows = {"3 processes at once": "processes", "one run alone": "single",
             "side by side, `loop`": "side_by_side", "side by side, `vmap`": "side_by_side_vmap"}
-    readme = (ROOT / "README.md").read_text().splitlines()
+    lines = _table_after("Throughput here (DVC stage `runs_throughput`")
     for label, mode in rows.items():
-        line = next(x for x in readme if x.startswith(f"| {label}"))
+        line = next(x for x in lines if x.startswith(f"| {label}"))
         cells = [c.strip() for c in line.strip("|").split("|")]
         r = table.loc[mode]
         assert cells[1] == f"{r.images_per_s:.0f}", line
         ratio = "1" if mode == "single" else f"{r.vs_single:.2f} ({r.vs_single_min:.2f}-{r.vs_single_max:.2f})"
         assert cells[2] == ratio, line
         assert cells[3] == f"{r.fraction_of_peak:.2f}", line
+
+
+def test_readme_gpu_throughput_table_is_the_device_table():
+    """The README's H200 throughput table is results/device/runs_throughput_cuda.csv, cell by cell."""
+    table = pd.read_csv(ROOT / "results" / "device" / "runs_throughput_cuda.csv")
+    table = table[table.setting == "gpu_small"].set_index("mode")
+    rows = {"9 processes at once": "processes", "one run alone": "single",
+            "side by side, `vmap` (the GPU default)": "side_by_side",
+            "side by side, `vmap` + `torch.compile`": "side_by_side_compiled"}
+    lines = _table_after("On one H200 (`results/device/runs_throughput_cuda.csv`")
+    assert len(lines) == 2 + len(rows)
+    for label, mode in rows.items():
+        line = next(x for x in lines if x.startswith(f"| {label} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        r = table.loc[mode]
+        expected = [f"{r.images_per_s:.0f}", "1" if mode == "processes" else f"{r.vs_processes:.2f}",
+                    "1" if mode == "single" else f"{r.vs_single:.2f}", f"{r.tflops_per_s:.1f}",
+                    f"{r.fraction_of_peak:.3f}"]
+        assert cells[1:] == expected, line
+
+
+def test_readme_assignment_timing_table_is_the_device_table():
+    """The README's H200 assignment-timing table is results/device/tables/assignment_timing_cuda.csv."""
+    d = pd.read_csv(ROOT / "results" / "device" / "tables" / "assignment_timing_cuda.csv")
+    total = d.pivot(index="batch_size", columns="method", values="total_ms")
+    dist = d.pivot(index="batch_size", columns="method", values="distance_ms")
+
+    def fmt(x):
+        return "-" if pd.isna(x) else f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
+    lines = _table_after("Assignment in fp16 on 3x32x32")
+    assert len(lines) > 4
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        B = int(cells[0])
+        for cell, method in zip(cells[1:6], ("exact", "exact_auction", "quantized", "greedy", "knn")):
+            x = total.loc[B].get(method)
+            want = fmt(x) if method not in ("exact", "exact_auction") or pd.isna(x) else \
+                f"{fmt(x)} ({fmt(dist.loc[B, method])})"
+            assert cell == want, line
+    assert set(d[d.method == "exact_auction"].optimality) == {"certified"}

@@ -148,9 +148,17 @@ class _Stack:
             def model(x, t, **kwargs):
                 return functional_call(self.template, (dict(zip(self.names, p)), b), (x, t), kwargs)
             return loss.compute(model, x0, noise, **drawn)
-        self.losses = torch.vmap(run_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
+        losses = torch.vmap(run_loss, in_dims=(0, 0, 0, 0, 0), randomness="different")
         if compile:  # fewer, fused kernels for the batched forward and backward (compiled on the first step)
-            self.losses = torch.compile(self.losses)
+            losses = torch.compile(losses)
+
+        def math_attention_losses(*args):
+            # Attention (the ddpm_cifar10 UNet's) under vmap: CUDA's memory-efficient kernel failed its backward on
+            # an H200 ("LSE is not correctly aligned (strideB)"); the math kernel computes the same attention.
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+            with sdpa_kernel([SDPBackend.MATH]):
+                return losses(*args)
+        self.losses = math_attention_losses
 
     def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
         """Each run's gradients scaled by min(1, max_norm / (its own total norm + 1e-6)), as clip_grad_norm_."""

@@ -50,7 +50,7 @@ from immiscible.noise.auction import solve_auction
 METHODS = ("exact", "quantized", "greedy")
 COSTS = ("l2", "sqeuclidean")
 SOLVERS = ("auto", "jv", "lap", "scipy", "auction")
-AUCTION_MIN_BATCH = 2048  # "auto" on CUDA from here; below it the CPU kernel is competitive (to be measured)
+AUCTION_MIN_BATCH = 2048  # "auto" on CUDA from here (one H200: auction 69 ms vs jv 114 at 2048; 45 vs 20 at 1024)
 
 
 def _check_pair(x0: torch.Tensor, noise: torch.Tensor) -> None:
