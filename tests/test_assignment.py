@@ -328,15 +328,17 @@ def test_without_a_compiler_auto_uses_lap_and_jv_says_what_to_do(monkeypatch, tm
     monkeypatch.delenv("IMMISCIBLE_NATIVE", raising=False)
     monkeypatch.setattr(native, "_compiler", lambda: None)
     native.jv_kernel.cache_clear()
+    native.auction_kernel.cache_clear()
     try:
         with pytest.warns(RuntimeWarning, match="no C compiler found"):
-            assert native.jv_kernel() is None
+            assert native.jv_kernel() is None and native.auction_kernel() is None
         cost = np.array([[4.0, 1.0, 3.0], [2.0, 0.0, 5.0], [3.0, 2.0, 2.0]])
         assert cost[np.arange(3), solve_assignment(cost)].sum() == 5.0
         with pytest.raises(RuntimeError, match="use solver='lap'"):
             solve_assignment(cost, "jv")
     finally:
         native.jv_kernel.cache_clear()
+        native.auction_kernel.cache_clear()
 
 
 @pytest.mark.skipif(native._compiler() is None, reason="no C compiler on this machine")

@@ -128,3 +128,42 @@ def test_solve_assignment_with_the_auction_rejects_bad_costs(bad, match):
 def test_bad_settings_give_the_documented_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         solve_auction(torch.rand(4, 4), **kw)
+
+
+def test_without_the_kernel_the_auction_finishes_with_scipy(monkeypatch):
+    monkeypatch.setattr(native, "jv_finish_kernel", lambda: None)
+    cost = costs("cifar_like", 128, seed=9)
+    perm, report = solve_auction(torch.from_numpy(cost))
+    assert total(cost, perm) == pytest.approx(optimum(cost), rel=1e-12) and report.duals is None
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied", "large_range"])
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 128, 700])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_c_auction_reaches_scipys_optimum(kind, n, threads):
+    """The CPU kernel (``native.solve_auction_cpu``: Gauss-Seidel bids with one thread, Jacobi rounds with more)."""
+    cost = np.ascontiguousarray(costs(kind, n, seed=n))
+    perm, v, stats = native.solve_auction_cpu(cost, threads)
+    assert sorted(perm.tolist()) == list(range(n))
+    assert total(cost, perm) == pytest.approx(optimum(cost), rel=1e-12, abs=1e-12)
+    assert max_violation(torch.from_numpy(cost), torch.from_numpy(perm), torch.from_numpy(v)) <= 1e-9 * (np.ptp(cost) + 1)
+
+
+@needs_kernel
+def test_the_c_auction_ends_on_costs_with_a_huge_common_offset():
+    """Prices near 1e12 absorb a small epsilon, so bids stop moving them: the phases' bid budget ends the auction and
+    the JV finish still returns the optimum."""
+    cost = 1e12 + costs("random", 200, seed=1).astype(np.float64)
+    perm, _, stats = native.solve_auction_cpu(np.ascontiguousarray(cost), 1, eps_final=1e-12)
+    assert total(cost - 1e12, perm) == pytest.approx(optimum(cost - 1e12), rel=1e-9)
+
+
+@needs_kernel
+def test_auto_on_the_cpu_is_the_c_auction_and_threads_are_checked():
+    cost = costs("cifar_like", 300, seed=4)
+    assert np.array_equal(solve_assignment(cost), native.solve_auction_cpu(np.ascontiguousarray(cost), 1)[0])
+    assert total(cost, solve_assignment(cost, "auction", threads=2)) == pytest.approx(optimum(cost), rel=1e-12)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            native.solve_auction_cpu(np.ascontiguousarray(cost), bad)

@@ -25,12 +25,15 @@ Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
              CIFAR-10 batches of 1024 (results/tables/assignment_timing.csv).
 ``"lap"``    Jonker-Volgenant from the ``lap`` package (float64, scalar C++).
 ``"scipy"``  ``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost.
-``"auction"`` a parallel auction on the tensors' device (``immiscible.noise.auction``), certified optimal in float64,
-             rows that fail the certificate finished by ``jv`` from the auction's duals. Meant for CUDA: the B x B
-             matrix never leaves the GPU unless the finish needs it.
-``"auto"``   (default) ``auction`` for CUDA batches of at least ``AUCTION_MIN_BATCH``, else ``jv`` where it builds (a C
-             compiler is needed), else ``lap`` where it is installed (the optional extra ``immiscible[lap]``), else
-             ``scipy``.
+``"auction"`` the certified auction: epsilon-scaled bidding rounds give near-optimal duals, every row whose column is
+             not its float64 row minimum under those duals is freed, and ``jv``'s shortest augmenting paths assign the
+             freed rows from the duals, which is exact. On the CPU the C kernel (``csrc/jv_impl.h``,
+             ``native.solve_auction_cpu``; 2.4x / 3.5x faster than ``jv`` at B = 1024 / 2048 on a 2-core CPU,
+             ``threads`` to bid in parallel); on CUDA tensors ``immiscible.noise.auction`` in torch, where the B x B
+             matrix stays on the GPU unless the finish needs it.
+``"auto"``   (default) the GPU auction for CUDA batches of at least ``AUCTION_MIN_BATCH``; else the C ``auction``
+             where the kernel builds (a C compiler is needed), else ``lap`` where it is installed (the optional extra
+             ``immiscible[lap]``), else ``scipy``.
 Subtracting each row's and then each column's minimum changes every permutation's total by the same
 constant, so the optimal permutation is unchanged, but the nearly-constant raw L2 matrix becomes a
 well-conditioned one that scipy solves several times faster (``reduce_cost``).
@@ -134,12 +137,12 @@ def _solve_lapjv(cost: np.ndarray) -> np.ndarray:
     return x.astype(np.int64)
 
 
-def solve_assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
+def solve_assignment(cost: np.ndarray, solver: str = "auto", threads: int = 1) -> np.ndarray:
     """Optimal permutation ``perm`` of a square cost matrix: row i is matched to column perm[i].
 
     float16/float32 costs are solved in float32 by ``jv`` (``lap`` and ``scipy`` convert to float64, which
     changes no value). Every solver releases the GIL while it solves, so a solve in a background thread lets
-    Python run meanwhile."""
+    Python run meanwhile. ``threads``: the C auction's bidding threads (the other solvers use one)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     cost = np.asarray(cost)
@@ -152,11 +155,13 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto") -> np.ndarray:
     largest = float(np.abs(cost).max())  # NaN if any entry is NaN
     if not np.isfinite(largest):
         raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
-    if solver == "auction":
-        return solve_auction(torch.from_numpy(cost))[0].numpy()
+    kernel = largest < native.MAX_COST and native.auction_kernel() is not None
     if solver == "auto":
-        solver = ("jv" if largest < native.MAX_COST and native.jv_kernel() is not None else
-                  "lap" if _has_lap() else "scipy")
+        solver = "auction" if kernel else "lap" if _has_lap() else "scipy"
+    if solver == "auction":
+        if kernel:
+            return native.solve_auction_cpu(cost, threads)[0]
+        return solve_auction(torch.from_numpy(cost))[0].numpy()  # torch's, finished by scipy
     if solver == "jv":
         if largest >= native.MAX_COST:
             raise ValueError(f"costs of magnitude {largest:.3g} are too large for solver='jv' (limit "

@@ -147,9 +147,9 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
     from immiscible.noise import native
     host = cost.detach().cpu()
     host = np.ascontiguousarray((host if host.dtype in (torch.float32, torch.float64) else host.float()).numpy())
-    if native.jv_finish_kernel() is None:  # no C compiler: an exact CPU solver from scratch (lap, else scipy)
-        from immiscible.noise.assignment import solve_assignment
-        perm = torch.from_numpy(solve_assignment(host)).to(cost.device)
+    if native.jv_finish_kernel() is None:  # no C compiler: scipy's exact solver from scratch
+        from scipy.optimize import linear_sum_assignment
+        perm = torch.from_numpy(np.asarray(linear_sum_assignment(host)[1], dtype=np.int64)).to(cost.device)
         return perm, AuctionReport(rounds, phases, int((x < 0).sum()), n, 0.0, True, None)
     partial = torch.where(bad, -1, x).cpu().numpy()
     perm, v = native.finish_jv(host, partial, v.cpu().numpy())

@@ -142,3 +142,151 @@ int JV_NAME(jv_finish)(int n, const JV_COST *C, int *x, int *y, double *v) {
     free(free_rows); free(ready); free(pred); free(dist); free(ready_dist);
     return ok ? 0 : -1;
 }
+
+static int JV_NAME(best2)(const JV_COST *restrict c, const double *restrict p, int n, double *restrict h,
+                          double *a_out, double *b_out) {
+    /* The smallest h_j = c_j + p_j (first at the returned column) and the smallest over the other columns, in three
+       branch-free passes that the compiler vectorizes (one pass with the index in its loop-carried chain does not). */
+    double a = JV_BIG, b = JV_BIG;
+    for (int j = 0; j < n; j++) { double t = c[j] + p[j]; h[j] = t; a = t < a ? t : a; }
+    int ja = n;
+    for (int j = 0; j < n; j++) { int k = h[j] == a ? j : n; ja = k < ja ? k : ja; }
+    for (int j = 0; j < n; j++) { double t = j == ja ? JV_BIG : h[j]; b = t < b ? t : b; }
+    *a_out = a; *b_out = b;
+    return ja;
+}
+
+int JV_NAME(auction_solve)(int n, const JV_COST *C, int *x, int *y, double *v, double eps_final, double scaling,
+                           int stop_free, int threads, int *stats) {
+    /* The certified auction on the CPU (the GPU one is immiscible/noise/auction.py): Jacobi rounds of bids with
+       epsilon scaling (the first epsilon the row-and-column-reduced matrix's largest entry over `scaling`, the last
+       `eps_final` times that entry), each phase stopped once at most `stop_free` rows are free; then every row
+       whose column does not attain its row minimum of C_ij - v_j (double) is freed and step 4 assigns the free
+       rows optimally from those duals. `threads` 1: Gauss-Seidel bids (one at a time); > 1: Jacobi rounds whose
+       bids are computed in parallel (OpenMP, where the library was built with it). stats: bids (threads 1) or
+       rounds, phases, rows left by the auction, rows freed, then microseconds of the auction, the certificate
+       and the finish. Returns 0, or -1
+       without memory. */
+    double *p = malloc(sizeof(double) * n), *rowmin = malloc(sizeof(double) * n), *bid = malloc(sizeof(double) * n);
+    double *top = malloc(sizeof(double) * n);
+    int *free_rows = malloc(sizeof(int) * n), *next_free = malloc(sizeof(int) * n), *target = malloc(sizeof(int) * n);
+    int *winner = malloc(sizeof(int) * n), *ready = malloc(sizeof(int) * n), *pred = malloc(sizeof(int) * n);
+    double *dist = malloc(sizeof(double) * n), *ready_dist = malloc(sizeof(double) * n);
+    double *hbuf = malloc(sizeof(double) * n * (size_t)(threads > 1 ? threads : 1));
+    int ok = p && rowmin && bid && top && free_rows && next_free && target && winner && ready && pred && dist
+             && ready_dist && hbuf;
+    if (!ok) goto done;
+    /* reduction: row minima, then the column minima of the row-reduced matrix (their negatives: the first prices) */
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int i = 0; i < n; i++) {
+        const JV_COST *c = C + (size_t)i * n;
+        double m = JV_BIG;
+        for (int j = 0; j < n; j++) { double t = c[j]; m = t < m ? t : m; }
+        rowmin[i] = m;
+    }
+    for (int j = 0; j < n; j++) p[j] = JV_BIG;
+    for (int i = 0; i < n; i++) {
+        const JV_COST *c = C + (size_t)i * n;
+        double r = rowmin[i];
+        for (int j = 0; j < n; j++) { double t = c[j] - r; p[j] = t < p[j] ? t : p[j]; }
+    }
+    double largest = 0.0;
+    for (int i = 0; i < n; i++) {
+        const JV_COST *c = C + (size_t)i * n;
+        double r = rowmin[i], m = 0.0;
+        for (int j = 0; j < n; j++) { double t = c[j] - r - p[j]; m = t > m ? t : m; }
+        largest = m > largest ? m : largest;
+    }
+    for (int j = 0; j < n; j++) p[j] = -p[j];  /* C_ij + p_j is the reduced matrix's entry plus a row constant */
+    int rounds = 0, phases = 0, nfree = 0;
+    double t0 = jv_now();
+    for (int i = 0; i < n; i++) x[i] = -1;
+    for (int j = 0; j < n; j++) y[j] = -1;
+    if (largest > 0.0) {
+        double eps = largest / scaling, last = largest * eps_final;
+        if (eps < last) eps = last;
+        for (;;) {
+            phases++;
+            for (int i = 0; i < n; i++) { x[i] = -1; free_rows[i] = i; }
+            for (int j = 0; j < n; j++) { y[j] = -1; top[j] = -JV_BIG; winner[j] = -1; }
+            nfree = n;
+            /* A phase ends early after JV_AUCTION_BIDS * n bids: where the prices dwarf epsilon (costs with a huge
+               common offset) a bid can stop moving a price; the certificate and step 4 finish exactly anyway. */
+            long budget = JV_AUCTION_BIDS * (long)n;
+            if (threads <= 1) {  /* Gauss-Seidel: one bid at a time, the evicted row bids next (fewer bids) */
+                while (nfree > stop_free && budget-- > 0) {
+                    int i = free_rows[--nfree];
+                    double a, b;
+                    int ja = JV_NAME(best2)(C + (size_t)i * n, p, n, hbuf, &a, &b);
+                    rounds++;
+                    p[ja] += (b - a) + eps;
+                    int old = y[ja];
+                    y[ja] = i; x[i] = ja;
+                    if (old >= 0) { x[old] = -1; free_rows[nfree++] = old; }
+                }
+            }
+            while (nfree > stop_free && budget > 0) {
+                rounds++;
+                budget -= nfree;
+                #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && nfree > 64)
+                for (int k = 0; k < nfree; k++) {  /* each free row's bid: its best column, raised by its margin */
+                    double a, b;
+                    int ja = JV_NAME(best2)(C + (size_t)free_rows[k] * n, p, n, hbuf + (size_t)JV_THREAD * n, &a, &b);
+                    target[k] = ja;
+                    bid[k] = p[ja] + (b - a) + eps;
+                }
+                for (int k = 0; k < nfree; k++) {  /* each column's highest bid (the first row on a tie) */
+                    int j = target[k];
+                    if (bid[k] > top[j]) { top[j] = bid[k]; winner[j] = free_rows[k]; }
+                }
+                int m = 0;
+                for (int k = 0; k < nfree; k++) {
+                    int j = target[k], i = free_rows[k];
+                    if (winner[j] == i) {
+                        int old = y[j];
+                        if (old >= 0) { x[old] = -1; next_free[m++] = old; }
+                        y[j] = i; x[i] = j; p[j] = top[j];
+                    } else {
+                        next_free[m++] = i;  /* outbid: bids again */
+                    }
+                }
+                for (int k = 0; k < nfree; k++) { int j = target[k]; top[j] = -JV_BIG; winner[j] = -1; }
+                for (int k = 0; k < m; k++) free_rows[k] = next_free[k];
+                nfree = m;
+            }
+            if (eps <= last) break;
+            eps /= scaling;
+            if (eps < last) eps = last;
+        }
+    } else {  /* C_ij = a_i + b_j: every permutation costs the same */
+        for (int i = 0; i < n; i++) { x[i] = i; y[i] = i; }
+    }
+    int left = 0;
+    for (int i = 0; i < n; i++) left += x[i] < 0;
+    double t1 = jv_now();
+    /* the certificate: every row's column at its row minimum of C_ij - v_j (v = -p), else the row is freed */
+    for (int j = 0; j < n; j++) v[j] = -p[j];
+    #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int i = 0; i < n; i++) {  /* rowmin now holds each row's minimum of C_ij - v_j */
+        const JV_COST *c = C + (size_t)i * n;
+        double m = JV_BIG;
+        for (int j = 0; j < n; j++) { double t = c[j] - v[j]; m = t < m ? t : m; }
+        rowmin[i] = m;
+    }
+    int nf = 0;
+    for (int i = 0; i < n; i++) {
+        const JV_COST *c = C + (size_t)i * n;
+        if (x[i] < 0 || c[x[i]] - v[x[i]] > rowmin[i]) {
+            if (x[i] >= 0) { y[x[i]] = -1; x[i] = -1; }
+            free_rows[nf++] = i;
+        }
+    }
+    double t2 = jv_now();
+    JV_NAME(augment)(n, C, x, y, v, free_rows, nf, ready, pred, dist, ready_dist);
+    stats[0] = rounds; stats[1] = phases; stats[2] = left; stats[3] = nf;
+    stats[4] = (int)(1e6 * (t1 - t0)); stats[5] = (int)(1e6 * (t2 - t1)); stats[6] = (int)(1e6 * (jv_now() - t2));
+done:
+    free(p); free(rowmin); free(bid); free(top); free(free_rows); free(next_free); free(target); free(winner);
+    free(ready); free(pred); free(dist); free(ready_dist); free(hbuf);
+    return ok ? 0 : -1;
+}
