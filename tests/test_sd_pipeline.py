@@ -45,18 +45,21 @@ def test_dvc_repro_encodes_once_trains_each_method_and_samples(tmp_path):
     _run([DVC, "init", "--subdir", "-q"], sub)
     pretrained = save_tiny_components(tmp_path / "tiny-sd", sample_size=16)
     dataset = make_image_folder(tmp_path / "images", per_class=8, size=16)
+    mapping = tmp_path / "classes.txt"
+    mapping.write_text("bright light one, lamp\ndark shade\n")
     params = yaml.safe_load((sub / "params.yaml").read_text())
-    params.update(pretrained=str(pretrained), dataset=str(dataset), resolution=16, dtype="float32", profile="smoke",
-                  launch=f"{sys.executable}", methods=["vanilla", "exact"], seeds=[0],
-                  sample={"per_class": 2, "steps": 2, "guidance_scale": 1.5, "batch_size": 4})
+    params.update(pretrained=str(pretrained), dataset=str(dataset), class_names=str(mapping), resolution=16,
+                  dtype="float32", profile="smoke", launch=f"{sys.executable}", methods=["vanilla", "exact"],
+                  seeds=[0], sample={"per_class": 2, "batch_size": 4})
     (sub / "params.yaml").write_text(yaml.safe_dump(params))
 
     log = _run([DVC, "repro"], sub)
     assert "Running stage 'latents'" in log and "Running stage 'train@exact-0'" in log
-    latents, labels, classes, _ = load_latents(sub / "latents" / "train.safetensors")
-    expected = encode_dataset(str(pretrained), str(dataset), tmp_path / "direct.safetensors", resolution=16,
-                              data_dir=str(tmp_path / "data"), progress=False, device="cpu")
-    assert torch.allclose(latents, load_latents(expected)[0], atol=1e-6) and classes == ["bright", "dark"]
+    latents, labels, classes, _ = load_latents(sub / "latents" / "train", views=True)
+    expected = encode_dataset(str(pretrained), str(dataset), tmp_path / "direct", resolution=16, dtype="float32",
+                              class_names=str(mapping), progress=False, device="cpu")
+    assert torch.allclose(latents, load_latents(expected, views=True)[0], atol=1e-6)
+    assert classes == ["light one", "shade"] and latents.shape[1] == 2    # names from the mapping file; mirrors
     for method in ("vanilla", "exact"):
         run = sub / "runs" / f"{method}-0"
         config = json.loads((run / "train_config.json").read_text())

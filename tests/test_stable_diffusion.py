@@ -34,8 +34,8 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd")
     pretrained = save_tiny_components(root / "tiny-sd", sample_size=16)
     dataset = make_image_folder(root / "images", per_class=12, size=16)
-    latents = encode_dataset(str(pretrained), str(dataset), root / "latents.safetensors", data_dir=str(root / "data"),
-                             resolution=16, progress=False, device="cpu")
+    latents = encode_dataset(str(pretrained), str(dataset), root / "latents", resolution=16, dtype="float32",
+                             batch_size=8, progress=False, device="cpu")
     return {"pretrained": str(pretrained), "dataset": str(dataset), "latents": latents, "root": root}
 
 
@@ -46,12 +46,15 @@ def _cfg(out, **kw):
 
 
 def test_the_latent_cache_holds_scaled_posterior_means(tiny):
-    latents, labels, classes, meta = load_latents(tiny["latents"])
+    latents, labels, classes, meta = load_latents(tiny["latents"], views=True)
     images = load_images(tiny["dataset"], "train", str(tiny["root"] / "data"), 16)
     vae = load_vae(tiny["pretrained"])
     with torch.no_grad():
         expected = vae.encode(to_model_input(images[:4])).latent_dist.mean * vae.config.scaling_factor
-    assert latents.shape == (24, 4, 8, 8) and torch.allclose(latents[:4], expected, atol=1e-5)
+        mirrored = vae.encode(to_model_input(images[:4].flip(-1))).latent_dist.mean * vae.config.scaling_factor
+    assert latents.shape == (24, 2, 4, 8, 8) and torch.allclose(latents[:4, 0], expected, atol=1e-5)
+    assert torch.allclose(latents[:4, 1], mirrored, atol=1e-5)      # view 1: the latent of the mirrored image
+    assert not torch.allclose(mirrored, expected.flip(-1), atol=1e-3)  # which a flipped latent is not
     assert classes == ["bright", "dark"] and labels.tolist() == sorted(labels.tolist())
     assert float(meta["scaling_factor"]) == vae.config.scaling_factor
 
@@ -68,8 +71,8 @@ def _rss_mb() -> dict:
     return values
 
 
-def test_the_latent_cache_is_memory_mapped_not_copied(tmp_path):
-    """Every training process reads the latents from the same file pages (ImageNet at 256 px: 10.5 GB in float16):
+def test_the_single_file_latent_cache_is_memory_mapped_not_copied(tmp_path):
+    """The earlier single-file format (still read): every training process reads the latents from the same file pages (ImageNet at 256 px: 10.5 GB in float16):
     reading all of them grows the file-backed memory, not the process's own."""
     from safetensors.torch import save_file
     path = tmp_path / "big.safetensors"
@@ -89,8 +92,11 @@ def test_the_latent_cache_is_memory_mapped_not_copied(tmp_path):
 
 
 def test_prompts_per_class_and_the_empty_prompt():
-    sd = SDConfig(pretrained="x")
-    assert class_prompts(["golden_retriever", "cat"], sd) == ["a photo of a golden retriever", "a photo of a cat", ""]
+    sd = SDConfig(pretrained="x")                  # the official prompt: the class name alone
+    assert class_prompts(["golden_retriever", "cat"], sd) == ["golden retriever", "cat", ""]
+    project = replace(sd, prompt_template="a photo of a {}")   # the project's variant
+    assert class_prompts(["golden_retriever", "cat"], project) == ["a photo of a golden retriever",
+                                                                    "a photo of a cat", ""]
     assert class_prompts(["cat"], replace(sd, conditioning="none")) == [""]
 
 
@@ -106,7 +112,9 @@ def test_training_conditions_on_the_prompts_and_uses_the_assigned_latent_noise(t
     cfg = _cfg(tiny["root"] / "run-exact", method="exact", steps=4, checkpoint_every=4)
     sd = SDConfig(pretrained=tiny["pretrained"], prompt_dropout=0.5)
     train_sd(cfg, sd, tiny["latents"])
-    latents, labels, classes, _ = load_latents(tiny["latents"])
+    latents, labels, classes, _ = sd_train.training_latents(tiny["latents"], sd.hflip)   # image, mirror, image, ...
+    views = load_latents(tiny["latents"], views=True)[0]
+    assert len(latents) == 2 * len(views) and torch.equal(latents[1::2], views[:, 1])
     from immiscible.sd.components import load_text_encoder
     embeddings = sd_train.prompt_embeddings(*load_text_encoder(tiny["pretrained"]), class_prompts(classes, sd))
     dropped = 0
@@ -190,11 +198,14 @@ def test_sampling_goes_through_the_pipeline_with_the_trained_unet(tiny):
     train_sd(_cfg(out, method="knn", knn_k=4, steps=2, checkpoint_every=2), SDConfig(pretrained=tiny["pretrained"]),
              tiny["latents"])
     pipe = sd_pipeline(tiny["pretrained"], out, device="cpu")
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler"        # the official sampler by default
+    assert type(sd_pipeline(tiny["pretrained"], out, device="cpu", scheduler="ddim").scheduler).__name__ == \
+        "DDIMScheduler"
     run_unet = load_run_unet(out).state_dict()
     assert all(torch.equal(v, run_unet[k]) for k, v in pipe.unet.state_dict().items())
-    images = generate(pipe, ["a photo of a dark", ""], steps=2, guidance_scale=3.0, seed=0)
+    images = generate(pipe, ["dark", ""], steps=2, guidance_scale=3.0, seed=0)
     assert images.shape == (2, 16, 16, 3) and images.dtype == np.uint8
-    again = generate(pipe, ["a photo of a dark", ""], steps=2, guidance_scale=3.0, seed=0)
+    again = generate(pipe, ["dark", ""], steps=2, guidance_scale=3.0, seed=0)
     assert np.array_equal(images, again)
 
 
@@ -248,7 +259,7 @@ def test_two_processes_assign_over_the_global_batch_of_latents(tiny, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-4000:]
-    latents = load_latents(tiny["latents"])[0]
+    latents = sd_train.training_latents(tiny["latents"], hflip=True)[0]
     used = [load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1)]
     for step in range(2):
         idx = torch.from_numpy(batch_indices(1, step, 8, len(latents)))
