@@ -142,6 +142,7 @@ def main(argv=None) -> None:
                                                               "(default: 64 batches)")
     p.add_argument("--workers", type=int, default=0, help="image decoding threads (default: up to 8)")
     p.add_argument("--dtype", default="float16", choices=("float32", "float16"))
+    p.add_argument("--device", help="where the VAE runs (default: cuda when present, else cpu)")
     p.add_argument("--no-mirror", action="store_true", help="do not store the mirrored images' latents (training "
                                                             "then needs --sd hflip=false)")
     p.add_argument("--on-change", default="error", choices=("error", "restart"),
@@ -153,7 +154,7 @@ def main(argv=None) -> None:
         print(f"{a.out}: every shard matches its SHA-256")
         return
     print(encode_dataset(a.pretrained, a.dataset, a.out, a.split, a.resolution, a.num_images, a.batch_size,
-                         dtype=a.dtype, files=a.files, class_names=a.class_names, mirror=not a.no_mirror,
+                         device=a.device, dtype=a.dtype, files=a.files, class_names=a.class_names, mirror=not a.no_mirror,
                          shard_size=a.shard_size or None, workers=a.workers or None,
                          on_change=a.on_change))
 
