@@ -28,9 +28,10 @@ Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
 ``"auction"`` the certified auction: epsilon-scaled bidding rounds give near-optimal duals, every row whose column is
              not its float64 row minimum under those duals is freed, and ``jv``'s shortest augmenting paths assign the
              freed rows from the duals, which is exact. On the CPU the C kernel (``csrc/jv_impl.h``,
-             ``native.solve_auction_cpu``; 2.4x / 3.5x faster than ``jv`` at B = 1024 / 2048 on a 2-core CPU,
-             ``threads`` to bid in parallel); on CUDA tensors ``immiscible.noise.auction`` in torch, where the B x B
-             matrix stays on the GPU unless the finish needs it.
+             ``native.solve_auction_cpu``; its solve is 2.1x / 2.5x faster than ``jv`` at B = 1024 / 2048 on a
+             2-core CPU, results/tables/assignment_timing.csv; ``threads`` to bid in parallel); on CUDA tensors
+             ``immiscible.noise.auction`` in torch, where the B x B matrix stays on the GPU unless the finish needs
+             it.
 ``"auto"``   (default) the GPU auction for CUDA batches of at least ``AUCTION_MIN_BATCH``; else the C ``auction``
              where the kernel builds (a C compiler is needed), else ``lap`` where it is installed (the optional extra
              ``immiscible[lap]``), else ``scipy``.

@@ -16,6 +16,8 @@ dual feasibility with complementary slackness, so the assignment is optimal (its
 where the check fails are freed and the project's Jonker-Volgenant kernel (``csrc/jv_impl.h``, step 4 only) finishes
 them on the CPU from the auction's duals: the shortest augmenting paths from a state that satisfies the same
 check, which is exact. ``report`` says how many rows the certificate freed and whether the CPU finished any.
+
+The same algorithm runs on the CPU in C (``native.solve_auction_cpu``, Gauss-Seidel bids), the default host solver.
 """
 from __future__ import annotations
 
