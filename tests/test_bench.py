@@ -20,3 +20,29 @@ def test_assignment_overhead_reports_all_variants(tmp_path):
     assert (df.seconds_per_step > 0).all()
     with pytest.raises(ValueError, match="steps must be >= 4"):
         bench.assignment_overhead("smoke", steps=3, params=str(params))
+
+
+def test_the_ratio_pairs_each_variant_with_the_same_repeats_vanilla(tmp_path, monkeypatch):
+    """Slow drift between repeats cancels: each repeat's exact time is divided by that repeat's vanilla time, and the
+    table gives the median of those ratios, their range, and the assignment's own time over vanilla's step."""
+    prepare_dataset(str(make_image_folder(tmp_path / "f", per_class=20, size=(8, 8))), tmp_path / "data" / "tiny")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"unconditional": {"dataset": "tiny", "profiles": {"smoke": {"train": {
+        "model": "tiny", "resolution": 8, "batch_size": 8}}}}}))
+    drift = iter([1.0, 1.1, 1.5,    # repeat 1: vanilla, exact inline, exact in a thread (seconds per step)
+                  2.0, 2.4, 2.6,    # repeat 2: everything twice as slow, exact relatively slower
+                  4.0, 4.2, 4.4])   # repeat 3
+    assign = {"vanilla": 0.0, "exact": 8.0}
+
+    def fake(cfg, images, warmup=2):
+        return next(drift), assign[cfg.method]
+    monkeypatch.setattr(bench, "seconds_per_step", fake)
+    df = bench.assignment_overhead("smoke", batch_sizes=[8], steps=4, repeats=3, params=str(params),
+                                   data_dir=str(tmp_path / "data")).set_index(["method", "assignment_runs"])
+    inline, thread = df.loc[("exact", "inline")], df.loc[("exact", "thread")]
+    assert inline.ratio_vs_vanilla == pytest.approx(1.1)          # median of 1.1, 1.2, 1.05
+    assert (inline.ratio_min, inline.ratio_max) == pytest.approx((1.05, 1.2))
+    assert thread.ratio_vs_vanilla == pytest.approx(1.3) and thread.ratio_max == pytest.approx(1.5)
+    assert inline.seconds_per_step == pytest.approx(2.4)           # the median time, for reference
+    assert inline.assign_share == pytest.approx(0.008 / 2.0)       # 8 ms over vanilla's median step of 2 s
+    assert df.loc[("vanilla", "inline")].ratio_vs_vanilla == 1.0 and inline.repeats == 3
