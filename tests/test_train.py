@@ -275,9 +275,29 @@ def test_non_finite_loss_stops_with_step_and_keeps_checkpoint(tmp_path, monkeypa
 
 
 @pytest.mark.parametrize("objective", ["v", "x0", "flow"])
-def test_other_objectives_train(tmp_path, objective):
+def test_other_objectives_train_on_their_own_target(tmp_path, objective, monkeypatch):
+    """Each objective's run builds (x_t, target) by that objective's definition from the batch and its noise:
+    v = sqrt(a) noise - sqrt(1 - a) x0, x0 = x0, flow: x_t = (1 - t) x0 + t noise and target noise - x0."""
+    real, seen = losses_module.training_pair, []
+
+    def spy(name, x0, noise, t, alphas_cumprod):
+        x_t, target = real(name, x0, noise, t, alphas_cumprod)
+        seen.append((name, x0, noise, t, alphas_cumprod, x_t, target))
+        return x_t, target
+    monkeypatch.setattr(losses_module, "training_pair", spy)
     summary = train(_cfg(tmp_path, objective=objective, steps=2), images=_images())
-    assert torch.isfinite(torch.tensor(summary["final_loss"]))
+    assert torch.isfinite(torch.tensor(summary["final_loss"])) and len(seen) == 2
+    for name, x0, noise, t, ac, x_t, target in seen:
+        assert name == objective
+        if objective == "flow":
+            s = t.view(-1, 1, 1, 1)
+            assert torch.allclose(x_t, (1 - s) * x0 + s * noise, atol=1e-6)
+            assert torch.allclose(target, noise - x0, atol=1e-6)
+            continue
+        a = ac[t].view(-1, 1, 1, 1).to(x0.dtype)
+        assert torch.allclose(x_t, a.sqrt() * x0 + (1 - a).sqrt() * noise, atol=1e-5)
+        expected = a.sqrt() * noise - (1 - a).sqrt() * x0 if objective == "v" else x0
+        assert torch.allclose(target, expected, atol=1e-5)
 
 
 def test_cli_reads_profile_from_params_and_overrides(tmp_path):
