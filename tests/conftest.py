@@ -39,3 +39,15 @@ def image_folder(tmp_path):
 def image_archive(tmp_path):
     folder = make_image_folder(tmp_path / "src", per_class=8, size=(8, 8))
     return make_archive(folder, tmp_path / "tiny.tar.gz")
+
+
+def rss_mb() -> dict:
+    """This process's resident memory in MiB: anonymous (its own copies) and file-backed (shared page cache)."""
+    values = {}
+    for line in open("/proc/self/status"):
+        if line.startswith(("RssAnon:", "RssFile:")):
+            key, value = line.split(":")
+            values[key] = int(value.split()[0]) / 1024
+    if len(values) < 2:
+        pytest.skip("no RssAnon/RssFile in /proc/self/status")
+    return values

@@ -19,6 +19,7 @@ import immiscible.sd.train as sd_train  # noqa: E402
 from immiscible.sd.components import save_tiny_components  # noqa: E402
 from immiscible.sd.latents import encode_dataset, load_latents  # noqa: E402
 from immiscible.sd.sample import SampleConfig, make_scheduler, sample_settings  # noqa: E402
+from conftest import rss_mb  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(40, 30), (30, 52), (32, 32), (75, 41), (17, 23), (64, 48)]   # (W, H): landscape, portrait, square, tiny
@@ -128,26 +129,15 @@ def test_memory_stays_bounded_one_batch_to_the_encoder_one_shard_in_the_writer(t
     assert peak < 3 * shard < total / 5, (peak, shard, total)
 
 
-def _rss_mb() -> dict:
-    values = {}
-    for line in open("/proc/self/status"):
-        if line.startswith(("RssAnon:", "RssFile:")):
-            key, value = line.split(":")
-            values[key] = int(value.split()[0]) / 1024
-    if len(values) < 2:
-        pytest.skip("no RssAnon/RssFile in /proc/self/status")
-    return values
-
-
 def test_training_reads_the_cache_memory_mapped_not_copied(tiny, tmp_path):
     files = [str(p) for p in sorted(tiny["images"].rglob("*.*"))]
     (tmp_path / "list.txt").write_text("".join(f"{files[i % len(files)]}\n" for i in range(4096)))
     out = lc.encode_cache(fake_encode, lc.list_source(tmp_path / "list.txt"), tmp_path / "cache", 64,
                           batch_size=256, shard_size=1024, progress=False)            # 64 MiB in float16
-    before = _rss_mb()
+    before = rss_mb()
     latents, labels, _, _ = sd_train.training_latents(out, hflip=True)                # (8192, 4, 32, 32), a view
     total = sum(float(latents[i:i + 256].float().sum()) for i in range(0, len(latents), 256))
-    after = _rss_mb()
+    after = rss_mb()
     assert np.isfinite(total) and latents.shape == (8192, 4, 32, 32) and len(labels) == 8192
     assert after["RssFile"] - before["RssFile"] > 48 and after["RssAnon"] - before["RssAnon"] < 32
 

@@ -27,6 +27,7 @@ from immiscible.sd.latents import encode_dataset, load_latents  # noqa: E402
 from immiscible.sd.sample import generate, load_run_unet, sd_pipeline  # noqa: E402
 from immiscible.sd.train import SDConfig, check_sd_config, class_prompts, train_sd  # noqa: E402
 from test_unconditional_notebook import make_image_folder  # noqa: E402
+from conftest import rss_mb  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -59,21 +60,10 @@ def test_the_latent_cache_holds_scaled_posterior_means(tiny):
     assert float(meta["scaling_factor"]) == vae.config.scaling_factor
 
 
-def _rss_mb() -> dict:
-    """This process's resident memory in MiB: anonymous (its own copies) and file-backed (shared page cache)."""
-    values = {}
-    for line in open("/proc/self/status"):
-        if line.startswith(("RssAnon:", "RssFile:")):
-            key, value = line.split(":")
-            values[key] = int(value.split()[0]) / 1024
-    if len(values) < 2:
-        pytest.skip("no RssAnon/RssFile in /proc/self/status")
-    return values
-
-
 def test_the_single_file_latent_cache_is_memory_mapped_not_copied(tmp_path):
-    """The earlier single-file format (still read): every training process reads the latents from the same file pages (ImageNet at 256 px: 10.5 GB in float16):
-    reading all of them grows the file-backed memory, not the process's own."""
+    """The earlier single-file format (still read): every training process reads the latents from the same file
+    pages (ImageNet at 256 px: 10.5 GB in float16): reading all of them grows the file-backed memory, not the
+    process's own."""
     from safetensors.torch import save_file
     path = tmp_path / "big.safetensors"
     stored = torch.randn(8192, 4, 32, 32, generator=torch.Generator().manual_seed(0)).half()   # 64 MiB
@@ -81,10 +71,10 @@ def test_the_single_file_latent_cache_is_memory_mapped_not_copied(tmp_path):
     idx = torch.tensor([5, 4000, 8191, 17])
     expected = stored[idx].clone()
     del stored
-    before = _rss_mb()
+    before = rss_mb()
     latents, labels, classes, _ = load_latents(path)
     total = sum(float(latents[i:i + 64].float().sum()) for i in range(0, len(latents), 64))   # touch every page
-    after = _rss_mb()
+    after = rss_mb()
     assert np.isfinite(total) and torch.equal(latents[idx], expected) and latents.dtype == torch.float16
     assert after["RssFile"] - before["RssFile"] > 48           # the 64 MiB were read ...
     assert after["RssAnon"] - before["RssAnon"] < 32           # ... from the shared page cache, not copied (a copy
