@@ -550,3 +550,25 @@ def test_quantized_matrix_is_within_one_fp16_step_of_the_official_fp16_input_com
         steps = (ours.float() - official.float()).abs() / step
         assert steps.max() <= 1, seed
         assert 0 < (steps > 0).float().mean() < 0.05, seed  # they do differ, on a few entries
+
+
+def test_host_threads_bid_in_parallel_only_for_cuda_batches_on_a_many_core_host(monkeypatch):
+    """'auto' solves CUDA batches below AUCTION_MIN_BATCH on the host with HOST_THREADS_WITH_GPU threads where the
+    host has >= 8 cores; a CPU batch (the model trains on those cores) keeps one thread, and that is what the
+    exact path passes to the solver."""
+    from types import SimpleNamespace
+
+    from immiscible.noise import assignment
+    monkeypatch.setattr(assignment.os, "cpu_count", lambda: 16)
+    assert assignment.host_threads(SimpleNamespace(is_cuda=True)) == assignment.HOST_THREADS_WITH_GPU > 1
+    assert assignment.host_threads(torch.zeros(2)) == 1
+    monkeypatch.setattr(assignment.os, "cpu_count", lambda: 2)
+    assert assignment.host_threads(SimpleNamespace(is_cuda=True)) == 1
+    seen = []
+    real = assignment.solve_assignment
+    monkeypatch.setattr(assignment, "solve_assignment",
+                        lambda cost, solver="auto", threads=1: seen.append(threads) or real(cost, solver, threads))
+    monkeypatch.setattr(assignment, "host_threads", lambda x0: 3)
+    x0, noise = torch.randn(16, 3, 4, 4), torch.randn(16, 3, 4, 4)
+    perm = assignment.assignment_permutation(x0, noise)
+    assert seen == [3] and sorted(perm.tolist()) == list(range(16))

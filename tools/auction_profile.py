@@ -1,8 +1,11 @@
 """Where the certified auction's time goes, per batch size and setting (for tuning ``solve_auction``'s defaults):
 seconds of the fp32 distances, of the whole solve, the rounds, the rows left to the CPU finish. CIFAR-10 images
-(DATA_DIR/cifar10) when present, else uniform [-1, 1] vectors; Gaussian noise.
+(DATA_DIR/cifar10) when present, else uniform [-1, 1] vectors; Gaussian noise. With ``--host-threads``, the same
+costs are also solved on the host by the C auction on that many threads and by ``jv`` (rows with device "cpu"),
+which says which side should solve on the machine at hand.
 
     python tools/auction_profile.py --out results/device/auction_profile.csv [--device cuda] [--batch-sizes ...]
+        [--tune-at 1024 4096] [--host-threads 1 4 16]
 """
 import argparse
 import time
@@ -11,10 +14,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from immiscible.noise import native
 from immiscible.noise.assignment import image_noise_distance
 from immiscible.noise.auction import solve_auction
 
-SETTINGS = [dict(), dict(tail=1 / 8), dict(tail=1 / 128), dict(scaling=16.0), dict(scaling=4.0), dict(eps_final=1e-3)]
+SETTINGS = [dict(), dict(scaling=4.0), dict(scaling=2.0), dict(scaling=4.0, tail=1 / 8), dict(eps_final=1e-5)]
 
 
 def main():
@@ -22,11 +26,17 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--tune-at", type=int, default=4096, help="the batch size at which every setting is timed")
+    p.add_argument("--tune-at", type=int, nargs="+", default=[4096],
+                   help="the batch sizes at which every setting is timed")
+    p.add_argument("--host-threads", type=int, nargs="*", default=[],
+                   help="also time the host's C auction on these thread counts, and jv, on the same costs")
+    p.add_argument("--host-max-seconds", type=float, default=3.0,
+                   help="a host solver is not timed at larger batches once one solve took longer than this")
     p.add_argument("--data-dir", default="data")
     a = p.parse_args()
     sync = torch.cuda.synchronize if a.device.startswith("cuda") else (lambda: None)
-    n_max = max(a.batch_sizes + [a.tune_at])
+    n_max = max(a.batch_sizes + a.tune_at)
+    slow = set()  # host solvers past --host-max-seconds
     try:
         from immiscible.data import load_dataset
         images = load_dataset("cifar10", "train", a.data_dir).tensor(slice(0, n_max)).flatten(1)
@@ -35,7 +45,7 @@ def main():
         images = torch.rand(n_max, 3072) * 2 - 1
     rows = []
     for B in a.batch_sizes:
-        for setting in (SETTINGS if B == a.tune_at else SETTINGS[:1]):
+        for setting in (SETTINGS if B in a.tune_at else SETTINGS[:1]):
             g = torch.Generator().manual_seed(B)
             x0 = images[torch.randperm(len(images), generator=g)[:B]].to(a.device, torch.float16)
             noise = torch.randn(x0.shape, generator=g).to(a.device, torch.float16)
@@ -57,6 +67,35 @@ def main():
             rows.append(row)
             Path(a.out).parent.mkdir(parents=True, exist_ok=True)
             pd.DataFrame(rows).to_csv(a.out, index=False)
+        if a.host_threads and native.auction_kernel() is not None:
+            rows += host_rows(cost.cpu().numpy(), a.host_threads, a.host_max_seconds, slow)
+            pd.DataFrame(rows).to_csv(a.out, index=False)
+
+
+def host_rows(cost, threads, max_seconds, slow):
+    """The host solvers on the same fp32 costs: the C auction per thread count, then jv; each timed twice (the
+    first a warm-up) unless it is in ``slow``, which collects those that took longer than ``max_seconds``."""
+    import os
+    B, rows = cost.shape[0], []
+    solvers = [(f"auction_cpu,threads={t}", lambda t=t: native.solve_auction_cpu(cost, threads=t)) for t in threads]
+    solvers.append(("jv_cpu", lambda: (native.solve_jv(cost), None, {})))
+    for name, solve in solvers:
+        if name in slow:
+            continue
+        for repeat in range(2):
+            t0 = time.perf_counter()
+            _, _, stats = solve()
+            seconds = time.perf_counter() - t0
+            if seconds > max_seconds:
+                slow.add(name)
+                break
+        row = {"batch_size": B, "setting": name, "distance_ms": float("nan"), "solve_ms": 1e3 * seconds,
+               "rounds": stats.get("bids_or_rounds"), "phases": stats.get("phases"),
+               "unassigned": stats.get("unassigned"), "freed": stats.get("freed"), "certified": True,
+               "max_violation": float("nan"), "device": "cpu", "hardware": f"{os.cpu_count()} logical CPUs"}
+        print(row, flush=True)
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

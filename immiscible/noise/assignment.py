@@ -33,7 +33,7 @@ Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
              ``immiscible.noise.auction`` in torch, where the B x B matrix stays on the GPU unless the finish needs
              it.
 ``"auto"``   (default) the GPU auction for CUDA batches of at least ``AUCTION_MIN_BATCH``; else the C ``auction``
-             where the kernel builds (a C compiler is needed), else ``lap`` where it is installed (the optional extra
+             (on ``HOST_THREADS_WITH_GPU`` threads for a CUDA batch on a host of >= 8 cores) where the kernel builds (a C compiler is needed), else ``lap`` where it is installed (the optional extra
              ``immiscible[lap]``), else ``scipy``.
 Subtracting each row's and then each column's minimum changes every permutation's total by the same
 constant, so the optimal permutation is unchanged, but the nearly-constant raw L2 matrix becomes a
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
 import numpy as np
 import torch
@@ -54,7 +55,12 @@ from immiscible.noise.auction import solve_auction
 METHODS = ("exact", "quantized", "greedy")
 COSTS = ("l2", "sqeuclidean")
 SOLVERS = ("auto", "jv", "lap", "scipy", "auction")
-AUCTION_MIN_BATCH = 2048  # "auto" on CUDA from here (one H200: auction 69 ms vs jv 114 at 2048; 45 vs 20 at 1024)
+AUCTION_MIN_BATCH = 8192  # "auto" on CUDA from here: on one H200 host (results/device/auction_profile.csv) the C
+#                          auction on 4 host threads solves B=4096 in 228 ms against the GPU auction's 282, and
+#                          8192 in 1655 ms against 1458
+HOST_THREADS_WITH_GPU = 4  # the C auction's threads for CUDA batches solved on the host, where the host has >= 8
+#                          cores (same table: 1.3x / 1.4x / 1.6x / 1.7x over one thread at B = 1024 ... 8192; 16
+#                          threads are no faster). A CPU training keeps 1 thread: its cores run the model.
 
 
 def _check_pair(x0: torch.Tensor, noise: torch.Tensor) -> None:
@@ -227,8 +233,15 @@ def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = 
             return solve_auction(image_noise_distance(x0, noise, cost, dtype=torch.float32))[0]
         else:
             dist = image_noise_distance(x0, noise, cost).float().cpu().numpy()  # fp32: what the GEMM computed
-            perm = solve_assignment(dist, solver) if method == "exact" else greedy_permutation(dist)
+            perm = (solve_assignment(dist, solver, host_threads(x0)) if method == "exact"
+                    else greedy_permutation(dist))
     return torch.from_numpy(perm).to(x0.device)
+
+
+def host_threads(x0: torch.Tensor) -> int:
+    """The C auction's threads for a batch solved on the host: ``HOST_THREADS_WITH_GPU`` for a CUDA batch on a host
+    of at least 8 cores (they are idle while the GPU trains), else 1."""
+    return HOST_THREADS_WITH_GPU if x0.is_cuda and (os.cpu_count() or 1) >= 8 else 1
 
 
 def assign_noise(x0: torch.Tensor, noise: torch.Tensor, method: str = "exact", **options) -> torch.Tensor:
