@@ -2,6 +2,7 @@
 generated ImageFolder in tmp_path: the tables hold the values their rules give (recomputed here from the written
 CSV), the evaluation cache follows the weights and parameters, and the notebook only reads."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from immiscible.experiments import unconditional as U
+from immiscible.experiments.experiment import read_log, training_seconds
 from immiscible.evaluation.features import train_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,7 +158,7 @@ def test_changing_a_training_parameter_changes_the_fd_rows(tmp_path):
     exp = U.setup("smoke", params=str(tmp_path / "params.yaml"), data_dir=str(tmp_path / "data"),
                   checkpoint_dir=str(tmp_path / "ckpt" / "unconditional"), output_dir=str(tmp_path / "results"),
                   classifier_root=str(tmp_path / "ckpt" / "classifier"))
-    fewer = U.evaluate(U.replace(exp, eval=U.replace(exp.eval, num_samples=24)))
+    fewer = U.evaluate(replace(exp, eval=replace(exp.eval, num_samples=24)))
     assert not np.allclose(fewer.fd, changed.fd) and (fewer.num_samples == 24).all()
 
 
@@ -165,6 +167,6 @@ def test_training_time_adds_up_the_stretches_of_a_resumed_run(tmp_path):
     logged value of each), so a resumed run's steps/s is not inflated."""
     rows = [{"step": s, "elapsed_s": e} for s, e in ((1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 0.5), (6, 1.5))]
     (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    log = U.read_log(tmp_path)
-    assert U.training_seconds(log) == 5.5
-    assert U.training_seconds(log.iloc[:4]) == 4.0      # never resumed: the last value
+    log = read_log(tmp_path)
+    assert training_seconds(log) == 5.5
+    assert training_seconds(log.iloc[:4]) == 4.0      # never resumed: the last value

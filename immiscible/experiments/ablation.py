@@ -34,14 +34,14 @@ from immiscible.config import from_dict, load_profile, load_yaml_group
 from immiscible.engine.loop import end_distributed
 from immiscible.evaluation.features import ClassifierConfig, train_classifier
 from immiscible.evaluation.statistics import paired_differences, t_interval
-from immiscible.experiments import ablation_train as T, unconditional as U
+from immiscible.experiments import ablation_train as T, experiment as E, unconditional as U
 from immiscible.io import atomic_savefig, atomic_write_text
 
 GROUP = T.GROUP
 
 
 @dataclass(frozen=True)
-class ArmExperiment(U.Experiment):
+class ArmExperiment(E.Experiment):
     """One arm in the unconditional experiment's shape: its methods are run names, each run's folder is the
     ablation's (trained here, or the reused run of another experiment)."""
     folders: tuple = ()                    # ((run, seed, folder), ...)
@@ -74,7 +74,7 @@ def setup(profile: str = "smoke", params: str = "params.yaml", dataset: str | No
     group, p = load_profile(params, GROUP, profile)
     _, base = load_profile(params, T.BASE_GROUP, profile)
     features = load_yaml_group(params, T.BASE_GROUP).get("feature_extractor", {})
-    eval_cfg = from_dict(U.EvalConfig, {**features, **base.get("eval", {}), **(p.get("eval") or {})})
+    eval_cfg = from_dict(E.EvalConfig, {**features, **base.get("eval", {}), **(p.get("eval") or {})})
     arms = {}
     for arm in dict.fromkeys(T.parse_run(r, ab.arms)[0] for r in ab.all_runs):
         runs = tuple(r for r in ab.all_runs if r.startswith(f"{arm}-"))
@@ -116,7 +116,7 @@ def coupling_table(exp: AblationExperiment) -> pd.DataFrame:
     for arm, a in exp.arms.items():
         for run in a.methods:
             for seed in a.seeds:
-                log = U.read_log(a.run_dir(run, seed))
+                log = E.read_log(a.run_dir(run, seed))
                 log = log[log.step <= steps]
                 cfg = exp.ablation.run_config(run, seed)
                 rows.append({"arm": arm, "variant": T.parse_run(run, exp.ablation.arms)[1], "run": run,
@@ -126,7 +126,7 @@ def coupling_table(exp: AblationExperiment) -> pd.DataFrame:
                              "dist_before": log.dist_before.mean(), "dist_after": log.dist_after.mean(),
                              "distance_change_pct": 100 * (log.dist_after.mean() / log.dist_before.mean() - 1),
                              "final_loss": log.loss.iloc[-1],
-                             "steps_per_s": log.step.iloc[-1] / U.training_seconds(log)})
+                             "steps_per_s": log.step.iloc[-1] / E.training_seconds(log)})
     return pd.DataFrame(rows)
 
 
@@ -254,7 +254,7 @@ def evaluate_all(exp: AblationExperiment) -> dict[str, pd.DataFrame]:
     paired = paired_frame(fid, coupling)
     contrasts = contrast_frame(fid)
     for name, table in (("fid", fid), ("training", coupling), ("paired", paired), ("contrasts", contrasts)):
-        U.write_csv(table, exp.table(name))
+        E.write_csv(table, exp.table(name))
     plot_ablation(paired, Path(exp.output_dir) / "figures" / f"{GROUP}.png")
     write_metrics(exp, paired)
     return {"fid": fid, "training": coupling, "paired": paired, "contrasts": contrasts}

@@ -15,14 +15,12 @@ experiment.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from immiscible.data import load_labels
 from immiscible.diffusion.sampling import sample_images
@@ -31,22 +29,22 @@ from immiscible.evaluation.distances import feature_stats, frechet_distance, ker
 from immiscible.evaluation.features import classifier_dir, load_proxy_extractor
 from immiscible.evaluation.statistics import paired_differences
 from immiscible.experiments.cli import experiment_main, standard_commands
-from immiscible.experiments import unconditional as U
-from immiscible.io import atomic_save_npy, atomic_write_text
+from immiscible.experiments import experiment as E, snapshot_eval as S
+from immiscible.io import atomic_save_npy
 
 GROUP = "class_conditional"
 
 
 @dataclass(frozen=True)
-class ClassEvalConfig(U.EvalConfig):
+class ClassEvalConfig(E.EvalConfig):
     guidance_scale: float = 1.5            # classifier-free guidance of the DDIM samples (1: no guidance)
     grid_per_class: int = 8                # final samples per class kept for the figure (first seed)
 
 
 def setup(profile: str = "smoke", params: str = "params.yaml", checkpoint_dir: str = "checkpoints/class_conditional",
-          classifier_root: str = "checkpoints/classifier-class_conditional", **kwargs) -> U.Experiment:
+          classifier_root: str = "checkpoints/classifier-class_conditional", **kwargs) -> E.Experiment:
     """The experiment of params.yaml's ``class_conditional`` group (arguments as ``unconditional.setup``)."""
-    exp = U.setup(profile, params=params, checkpoint_dir=checkpoint_dir, classifier_root=classifier_root,
+    exp = E.setup(profile, params=params, checkpoint_dir=checkpoint_dir, classifier_root=classifier_root,
                   group_name=GROUP, eval_cls=ClassEvalConfig, **kwargs)
     if not exp.train.num_classes:
         raise ValueError(f"profile {profile!r} of {GROUP}: train.num_classes must be the dataset's number of classes")
@@ -58,7 +56,7 @@ def sample_labels(num_samples: int, num_classes: int) -> np.ndarray:
     return np.arange(num_samples) % num_classes
 
 
-def class_predictor(exp: U.Experiment, device: str):
+def class_predictor(exp: E.Experiment, device: str):
     """predict(images uint8 (N, H, W, C)) -> classes, by the proxy classifier trained on the training split."""
     from safetensors.torch import load_file
     folder = classifier_dir(exp.classifier.out_dir, exp.classifier.dataset, exp.classifier.resolution)
@@ -68,53 +66,50 @@ def class_predictor(exp: U.Experiment, device: str):
     return lambda images: np.argmax(extractor(images) @ w.T + b, axis=1)
 
 
-def reference_by_class(exp: U.Experiment, extractor, ref: np.ndarray) -> dict[int, tuple]:
+def reference_by_class(exp: E.Experiment, extractor, ref: np.ndarray) -> dict[int, tuple]:
     """Feature statistics of the reference images of each class (the same reference set as the overall FD)."""
-    labels, _ = load_labels(exp.train.dataset, U.reference_split(extractor), exp.train.data_dir)
-    labels = labels.numpy()[U.reference_indices(len(labels), exp.eval.num_ref)]
+    labels, _ = load_labels(exp.train.dataset, S.reference_split(extractor), exp.train.data_dir)
+    labels = labels.numpy()[S.reference_indices(len(labels), exp.eval.num_ref)]
     return {int(c): feature_stats(ref[labels == c]) for c in np.unique(labels)}
 
 
-def evaluate(exp: U.Experiment, device: str | None = None) -> pd.DataFrame:
+def evaluate(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
     """FD (all samples and per class), KID and conditioning accuracy of every EMA snapshot (cached as in the
     unconditional experiment: by weights, every evaluation parameter, extractor and reference)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = U.extractor_for(exp, device)
-    ref, ref_key = U.reference_features(exp, extractor)
-    ref_stats, ext_key, e = feature_stats(ref), U._extractor_key(extractor), exp.eval
+    extractor = S.extractor_for(exp, device)
+    ref, ref_key = S.reference_features(exp, extractor)
+    ref_stats, ext_key, e = feature_stats(ref), S.extractor_key(extractor), exp.eval
     per_class_ref = reference_by_class(exp, extractor, ref)
     predict = class_predictor(exp, device)
     labels = sample_labels(e.num_samples, exp.train.num_classes)
-    todo = U.snapshots_to_evaluate(exp)
-    rows = []
-    for method, seed, step, path, last in tqdm(todo, desc="evaluate", unit="snapshot", disable=not e.progress):
-        sample_seed = 10_000 + seed
-        cache = exp.eval_dir / f"{method}-{seed}" / f"step{step:07d}-{U.eval_key(path, exp, ext_key, ref_key, sample_seed)}.json"
-        if cache.exists():
-            rows.append(json.loads(cache.read_text()))
-            continue
+
+    def name_of(point):
+        method, seed, step, path, last = point
+        return S.eval_key(path, exp, ext_key, ref_key, S.sample_seed(seed))
+
+    def measure(point):
+        method, seed, step, path, last = point
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
-        images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size, seed=sample_seed,
-                               device=device, progress=e.progress, labels=labels, guidance_scale=e.guidance_scale)
+        images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
+                               seed=S.sample_seed(seed), device=device, progress=e.progress, labels=labels,
+                               guidance_scale=e.guidance_scale)
         feats = extractor(images)
         per_class = [frechet_distance(feats[labels == c], stats) for c, stats in per_class_ref.items()]
         accuracy = float((predict(images) == labels).mean())
-        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
-               "reference": U.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
-               "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
-               "fd": frechet_distance(feats, ref_stats),
-               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-               "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
-               "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
-               "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
         if last:  # per class, the first grid_per_class samples: rows of the figure
             order = np.concatenate([np.flatnonzero(labels == c)[:e.grid_per_class] for c in per_class_ref])
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[order])
-        atomic_write_text(cache, json.dumps(row, indent=1) + "\n")
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["method", "seed", "step"]).reset_index(drop=True)
-    U.write_csv(table, exp.table("fid"))
-    return table
+        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
+                "reference": S.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
+                "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
+                "fd": frechet_distance(feats, ref_stats),
+                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+                "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
+                "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
+                "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
+
+    return S.evaluate_snapshots(exp, S.snapshots_to_evaluate(exp), name_of, measure)
 
 
 VALUES = ("fd", "kid", "fd_class_mean", "class_error")
@@ -130,14 +125,14 @@ def paired_frame(fid: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def evaluate_all(exp: U.Experiment) -> dict[str, pd.DataFrame]:
+def evaluate_all(exp: E.Experiment) -> dict[str, pd.DataFrame]:
     """Every table of the experiment from the trained runs (the DVC evaluate stage)."""
     fid = evaluate(exp)
-    training = U.write_training_tables(exp)
+    training = E.write_training_tables(exp)
     paired = paired_frame(fid)
-    U.write_csv(paired, exp.table("paired"))
-    summary, seeds = U.efficiency_tables(exp, fid)
-    U.write_metrics(exp, fid, paired[paired.baseline == "vanilla"], summary, training)
+    E.write_csv(paired, exp.table("paired"))
+    summary, seeds = S.efficiency_tables(exp, fid)
+    S.write_metrics(exp, fid, paired[paired.baseline == "vanilla"], summary, training)
     return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds}
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from immiscible.config import choices, from_dict, to_dict
 from immiscible.diffusion.consistency import ConsistencyConfig, consistency_samples
@@ -28,11 +27,11 @@ from immiscible.engine.checkpoints import load_run_model, snapshot_digest
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig
 from immiscible.experiments.cli import experiment_main, standard_commands
-from immiscible.experiments.unconditional import (Experiment, _extractor_key, efficiency_frames, extractor_for,
-                                                  methods_and_seeds, paired_frame, reference_features,
-                                                  reference_split,
-                                                  snapshots_to_evaluate, training_table, write_csv,
-                                                  write_training_tables)
+from immiscible.experiments.experiment import (Experiment, methods_and_seeds, training_table, write_csv,
+                                               write_training_tables)
+from immiscible.experiments.snapshot_eval import (efficiency_frames, evaluate_snapshots, extractor_for, extractor_key,
+                                                  paired_frame, reference_features, reference_split, sample_seed,
+                                                  snapshots_to_evaluate)
 from immiscible.experiments.consistency_train import GROUP, run_settings, train_run, train_runs_side_by_side
 from immiscible.io import atomic_save_npy, atomic_write_text
 
@@ -110,33 +109,30 @@ def evaluate(exp: ConsistencyExperiment, device: str | None = None) -> pd.DataFr
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = extractor_for(exp, device)
     ref, ref_key = reference_features(exp, extractor)
-    ref_stats, ext_key, e = feature_stats(ref), _extractor_key(extractor), exp.eval
+    ref_stats, ext_key, e = feature_stats(ref), extractor_key(extractor), exp.eval
     todo = [(*snapshot, k) for snapshot in snapshots_to_evaluate(exp) for k in e.sample_steps]
-    rows = []
-    for method, seed, step, path, last, k in tqdm(todo, desc="evaluate", unit="point", disable=not e.progress):
-        sample_seed = 10_000 + seed  # the same initial noise for every method of a pair
-        key = eval_key(path, exp, ext_key, ref_key, sample_seed, k)
-        cache = exp.eval_dir / f"{method}-{seed}" / f"step{step:07d}-{k}step-{key}.json"
-        if cache.exists():
-            rows.append(json.loads(cache.read_text()))
-            continue
+
+    def name_of(point):
+        method, seed, step, path, last, k = point
+        return f"{k}step-{eval_key(path, exp, ext_key, ref_key, sample_seed(seed), k)}"
+
+    def measure(point):
+        method, seed, step, path, last, k = point
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
         images = consistency_samples(model, exp.consistency, e.num_samples, cfg.resolution, k, e.sample_batch_size,
-                                     seed=sample_seed, device=device)
+                                     seed=sample_seed(seed), device=device)
         feats = extractor(images)
-        row = {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
-               "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
-               "num_ref": len(ref), "fd": frechet_distance(feats, ref_stats),
-               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-               "model": cfg.model, "resolution": cfg.resolution}
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}-{k}step.npy", images[:e.grid_size])
-        atomic_write_text(cache, json.dumps(row, indent=1) + "\n")
-        rows.append(row)
-    table = pd.DataFrame(rows).sort_values(["sample_steps", "method", "seed", "step"]).reset_index(drop=True)
-    write_csv(table, exp.table("fid"))
-    return table
+        return {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
+                "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
+                "num_ref": len(ref), "fd": frechet_distance(feats, ref_stats),
+                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+                "model": cfg.model, "resolution": cfg.resolution}
+
+    return evaluate_snapshots(exp, todo, name_of, measure, sort=("sample_steps", "method", "seed", "step"),
+                              unit="point")
 
 
 def per_sampler(fid: pd.DataFrame, frame) -> list[pd.DataFrame]:

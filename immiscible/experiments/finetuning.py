@@ -18,14 +18,12 @@ model has moved from where it started).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from immiscible.data import load_images, load_labels
 from immiscible.diffusion.sampling import sample_images
@@ -34,10 +32,10 @@ from immiscible.engine.config import TrainConfig
 from immiscible.engine.loop import train
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.evaluation.statistics import paired_differences
-from immiscible.experiments import unconditional as U
+from immiscible.experiments import experiment as E, snapshot_eval as S
 from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.experiments.finetuning_train import GROUP, pretrain_dir, run_settings
-from immiscible.io import atomic_save_npy, atomic_write_text
+from immiscible.io import atomic_save_npy
 
 # The official code's README, fine-tuning Stable Diffusion v1.4 on ImageNet (FID, one run each)
 PAPER_FID = {"vanilla": 11.45, "exact": 10.28, "knn": 10.38}
@@ -45,7 +43,7 @@ VALUES = ("fd", "kid", "fd_source")
 
 
 @dataclass(frozen=True)
-class FinetuneExperiment(U.Experiment):
+class FinetuneExperiment(E.Experiment):
     pretrain: TrainConfig | None = None    # the shared starting point's run (vanilla, other classes)
 
     @property
@@ -59,7 +57,7 @@ def setup(profile: str = "smoke", params: str = "params.yaml", checkpoint_dir: s
           **kwargs) -> FinetuneExperiment:
     """The experiment of params.yaml's ``finetuning`` group (other arguments as ``unconditional.setup``)."""
     pre, _ = run_settings(params, profile, dataset, data_dir, checkpoint_dir, pretrain_overrides, train_overrides)
-    exp = U.setup(profile, dataset=dataset, data_dir=data_dir, params=params, checkpoint_dir=checkpoint_dir,
+    exp = E.setup(profile, dataset=dataset, data_dir=data_dir, params=params, checkpoint_dir=checkpoint_dir,
                   classifier_root=classifier_root, group_name=GROUP,
                   train_overrides={**(train_overrides or {}), "init_from": str(pretrain_dir(checkpoint_dir, profile))},
                   sections=("pretrain", "train", "eval", "classifier"), **kwargs)
@@ -74,7 +72,7 @@ def train_all(exp: FinetuneExperiment, on_change: str = "error") -> pd.DataFrame
     for method in exp.methods:
         for seed in exp.seeds:
             train(exp.run_config(method, seed), on_change=on_change)
-    return U.training_table(exp)
+    return E.training_table(exp)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -86,16 +84,16 @@ def class_subset(labels: np.ndarray, classes) -> np.ndarray:
 
 def reference_features(exp: FinetuneExperiment, extractor, classes) -> tuple[np.ndarray, str]:
     """(features of up to ``num_ref`` reference images of ``classes``, a key naming them), cached."""
-    split, t = U.reference_split(extractor), exp.train
+    split, t = S.reference_split(extractor), exp.train
     names = "all" if not len(classes) else "-".join(str(c) for c in classes)
-    key = (f"ref-{Path(t.dataset).name}-{split}-classes{names}-{t.resolution}px-{U._extractor_key(extractor)}"
+    key = (f"ref-{Path(t.dataset).name}-{split}-classes{names}-{t.resolution}px-{S.extractor_key(extractor)}"
            f"-n{exp.eval.num_ref}")
     path = exp.eval_dir / f"{key}.npy"
     if path.exists():
         return np.load(path), key
     labels, _ = load_labels(t.dataset, split, t.data_dir)
     idx = class_subset(labels.numpy(), classes)
-    idx = idx[U.reference_indices(len(idx), exp.eval.num_ref)]
+    idx = idx[S.reference_indices(len(idx), exp.eval.num_ref)]
     images = load_images(t.dataset, split, t.data_dir, t.resolution)[torch.from_numpy(idx)]
     feats = extractor(images.permute(0, 2, 3, 1).numpy(), progress=exp.eval.progress)
     atomic_save_npy(path, feats)
@@ -106,7 +104,7 @@ def check_common_start(exp: FinetuneExperiment) -> str:
     """The SHA-256 every run started from: each run's step-0 snapshot must equal the pretrained run's last EMA
     snapshot (the premise of the paired comparison, and proof that the weights were loaded, not re-initialised)."""
     expected = weights_digest(init_weights_path(exp.pretrain_dir))
-    todo = U.snapshots_to_evaluate(exp)
+    todo = S.snapshots_to_evaluate(exp)
     starts = {(m, s): path for m, s, step, path, _ in todo if step == 0}
     for method in exp.methods:
         for seed in exp.seeds:
@@ -126,46 +124,37 @@ def evaluate(exp: FinetuneExperiment, device: str | None = None) -> pd.DataFrame
     same sample seed, as every run's step 0, are evaluated once)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_common_start(exp)
-    extractor = U.extractor_for(exp, device)
+    extractor = S.extractor_for(exp, device)
     ref, ref_key = reference_features(exp, extractor, exp.train.classes)
     source, source_key = reference_features(exp, extractor, exp.pretrain.classes)
-    ref_stats, source_stats, ext_key, e = feature_stats(ref), feature_stats(source), U._extractor_key(extractor), exp.eval
-    rows, done = [], {}
-    for method, seed, step, path, last in tqdm(U.snapshots_to_evaluate(exp), desc="evaluate", unit="snapshot",
-                                               disable=not e.progress):
-        sample_seed = 10_000 + seed  # the same initial noise for every method of a pair
-        key = U.eval_key(path, exp, ext_key, ref_key + "|" + source_key, sample_seed)
-        cache = exp.eval_dir / f"{method}-{seed}" / f"step{step:07d}-{key}.json"
-        if cache.exists():
-            rows.append(json.loads(cache.read_text()))
-            done[key] = rows[-1]
-            continue
-        if key in done:  # the same weights sampled with the same seed by another run (step 0)
-            row = {**done[key], "method": method, "seed": seed, "step": step}
-        else:
-            model, cfg = load_run_model(exp.run_dir(method, seed), step)
-            images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size, seed=sample_seed,
-                                   device=device, progress=e.progress)
-            feats = extractor(images)
-            row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
-                   "metric": extractor.label, "reference": U.reference_split(extractor),
-                   "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
-                   "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
-                   "fd": frechet_distance(feats, ref_stats),
-                   "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-                   "fd_source": frechet_distance(feats, source_stats),
-                   "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-                   "model": cfg.model, "resolution": cfg.resolution}
-            if last:
-                atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
-            if step == 0 and method == exp.methods[0] and seed == exp.seeds[0]:
-                atomic_save_npy(exp.eval_dir / "samples-pretrained.npy", images[:e.grid_size])
-        atomic_write_text(cache, json.dumps(row, indent=1) + "\n")
-        rows.append(row)
-        done[key] = row
-    table = pd.DataFrame(rows).sort_values(["method", "seed", "step"]).reset_index(drop=True)
-    U.write_csv(table, exp.table("fid"))
-    return table
+    ref_stats, source_stats, e = feature_stats(ref), feature_stats(source), exp.eval
+    ext_key = S.extractor_key(extractor)
+
+    def name_of(point):
+        method, seed, step, path, last = point
+        return S.eval_key(path, exp, ext_key, ref_key + "|" + source_key, S.sample_seed(seed))
+
+    def measure(point):  # (identical weights with the same sample seed, as every run's step 0, are scored once)
+        method, seed, step, path, last = point
+        model, cfg = load_run_model(exp.run_dir(method, seed), step)
+        images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
+                               seed=S.sample_seed(seed), device=device, progress=e.progress)
+        feats = extractor(images)
+        if last:
+            atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
+        if step == 0 and method == exp.methods[0] and seed == exp.seeds[0]:
+            atomic_save_npy(exp.eval_dir / "samples-pretrained.npy", images[:e.grid_size])
+        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
+                "metric": extractor.label, "reference": S.reference_split(extractor),
+                "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
+                "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
+                "fd": frechet_distance(feats, ref_stats),
+                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+                "fd_source": frechet_distance(feats, source_stats),
+                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+                "model": cfg.model, "resolution": cfg.resolution}
+
+    return S.evaluate_snapshots(exp, S.snapshots_to_evaluate(exp), name_of, measure)
 
 
 def paired_frame(fid: pd.DataFrame) -> pd.DataFrame:
@@ -200,27 +189,27 @@ def paper_table(fid: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
 
 def write_pretrain_table(exp: FinetuneExperiment) -> pd.DataFrame:
     """The pretraining run's one row (classes, steps, loss, time) for the README and the notebook."""
-    log = U.read_log(exp.pretrain_dir)
+    log = E.read_log(exp.pretrain_dir)
     table = pd.DataFrame([{"classes": " ".join(map(str, exp.pretrain.classes)) or "all",
                            "steps": int(log.step.iloc[-1]), "final_loss": log.loss.iloc[-1],
-                           "train_s": U.training_seconds(log),
+                           "train_s": E.training_seconds(log),
                            "weights_sha256": weights_digest(init_weights_path(exp.pretrain_dir))[:16]}])
-    U.write_csv(table, exp.table("pretrain"))
+    E.write_csv(table, exp.table("pretrain"))
     return table
 
 
 def evaluate_all(exp: FinetuneExperiment) -> dict[str, pd.DataFrame]:
     """Every table of the experiment from the trained runs (the DVC evaluate stage)."""
     fid = evaluate(exp)
-    training = U.write_training_tables(exp)
+    training = E.write_training_tables(exp)
     pretrain = write_pretrain_table(exp)
     paired = paired_frame(fid)
-    U.write_csv(paired, exp.table("paired"))
+    E.write_csv(paired, exp.table("paired"))
     # steps to vanilla's final FD, counted over the fine-tuning snapshots (step 0 is every run's common start)
-    summary, seeds = U.efficiency_tables(exp, fid[fid.step > 0])
+    summary, seeds = S.efficiency_tables(exp, fid[fid.step > 0])
     paper = paper_table(fid, paired)
-    U.write_csv(paper, exp.table("paper"))
-    U.write_metrics(exp, fid, paired, summary, training)
+    E.write_csv(paper, exp.table("paper"))
+    S.write_metrics(exp, fid, paired, summary, training)
     return {"fid": fid, "training": training, "pretrain": pretrain, "paired": paired, "efficiency": summary,
             "efficiency_seeds": seeds, "paper": paper}
 

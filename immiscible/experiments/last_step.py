@@ -17,14 +17,14 @@ from dataclasses import replace
 import pandas as pd
 
 from immiscible.config import from_dict, load_profile, load_yaml_group, to_dict
-from immiscible.experiments import ablation as A, unconditional as U
+from immiscible.experiments import ablation as A, experiment as E, unconditional as U
 
 GROUP = "last_step"
 
 
 def setup(profile: str = "smoke", params: str = "params.yaml", data_dir: str = "data",
           ablation_dir: str = "checkpoints/ablation", checkpoint_dir: str = "checkpoints/last_step",
-          output_dir: str = "results", dataset: str | None = None) -> U.Experiment:
+          output_dir: str = "results", dataset: str | None = None) -> E.Experiment:
     """The comparison of params.yaml's ``last_step`` group: its ``variants`` of the ablation arm ``arm`` (all the
     ablation's seeds), at the ablation's profile; predictions go to ``checkpoint_dir``, the table and figure to
     ``output_dir`` as ``<arm>_last_step``."""
@@ -43,12 +43,12 @@ def setup(profile: str = "smoke", params: str = "params.yaml", data_dir: str = "
     if arm.train.objective not in ("v", "x0", "flow"):
         raise ValueError(f"{GROUP}.arm {arm_name!r}: objective {arm.train.objective!r}; the last-step comparison "
                          "needs a well-conditioned x0-prediction (v, x0 or flow)")
-    eval_cfg = from_dict(U.EvalConfig, {**to_dict(arm.eval), **(p.get("eval") or {})})
+    eval_cfg = from_dict(E.EvalConfig, {**to_dict(arm.eval), **(p.get("eval") or {})})
     return replace(arm, methods=runs, eval=eval_cfg, checkpoint_dir=str(checkpoint_dir), output_dir=str(output_dir),
                    name=arm_name)
 
 
-def evaluate(exp: U.Experiment) -> pd.DataFrame:
+def evaluate(exp: E.Experiment) -> pd.DataFrame:
     """The last-step table (and the predictions the figure shows) of the runs' final models."""
     exp.eval_dir.mkdir(parents=True, exist_ok=True)
     return U.last_step(exp)
