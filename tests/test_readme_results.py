@@ -188,3 +188,40 @@ def test_readme_assignment_timing_table_is_the_device_table():
                 f"{fmt(x)} ({fmt(dist.loc[B, method])})"
             assert cell == want, line
     assert set(d[d.method == "exact_auction"].optimality) == {"certified"}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_readme_gpu_study_table_is_the_gpu_tables():
+    """The README's GPU-study table (FD per method and step, paired gaps) is results/gpu/tables, cell by cell."""
+    tables = ROOT / "results" / "gpu" / "tables"
+    fd = pd.read_csv(tables / "unconditional_fid.csv").groupby(["step", "method"]).fd.mean()
+    paired = pd.read_csv(tables / "unconditional_paired.csv").set_index(["method", "step"])
+
+    def gap(method, step):
+        r = paired.loc[(method, step)]
+        return f"{r.fd_diff_mean:+.2f} [{r.fd_diff_ci_low:+.2f}, {r.fd_diff_ci_high:+.2f}]"
+    lines = _table_after("`gpu_quick` ran on one H200")
+    assert len(lines) == 2 + fd.index.get_level_values("step").nunique()
+    for line in lines[2:]:
+        cells = _cells(line)
+        step = int(cells[0])
+        assert cells[1:4] == [f"{fd[step, m]:.2f}" for m in ("vanilla", "exact", "knn")], line
+        assert cells[4:] == [gap("exact", step), gap("knn", step)], line
+
+
+def test_readme_solver_side_table_is_the_auction_profile():
+    """The README's table of which side should solve (GPU auction vs the host's C auction and jv) is
+    results/device/auction_profile.csv, cell by cell."""
+    d = pd.read_csv(ROOT / "results" / "device" / "auction_profile.csv").set_index(["batch_size", "setting"]).solve_ms
+
+    def fmt(x):
+        return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+    settings = ("default", "auction_cpu,threads=1", "auction_cpu,threads=4", "auction_cpu,threads=16", "jv_cpu")
+    lines = _table_after("**Which side should solve**")
+    assert len(lines) == 2 + 4
+    for line in lines[2:]:
+        cells = _cells(line)
+        assert cells[1:] == [fmt(d[int(cells[0]), s]) for s in settings], line
