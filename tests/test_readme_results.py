@@ -1,6 +1,7 @@
-"""Every measured number in the README's result sections comes from the result files the pipeline wrote.
+"""Every measured number in the result sections (docs/results.md, linked from the README) comes from the result
+files the pipeline wrote, and the README's and docs' tables of GPU measurements are their tables, cell by cell.
 
-Each "### ..." section under "## Results" names its tables (``results/tables/<name>.csv``, wildcards allowed). Every
+Each "### ..." section of docs/results.md names its tables (``results/tables/<name>.csv``, wildcards allowed). Every
 number with two or more decimals in the section must be, at the precision written, a value of those tables: a cell,
 a seed mean or standard deviation per method and step, the paired interval of any two methods of a
 fid table, a percentage or a ms -> s conversion of one, the distance
@@ -79,8 +80,8 @@ def _values(files: list[Path]) -> np.ndarray:
 
 
 def _sections() -> list[tuple[str, str]]:
-    readme = (ROOT / "README.md").read_text()
-    results = readme.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    """The "### ..." sections of docs/results.md (the README links there for the results)."""
+    results = (ROOT / "docs" / "results.md").read_text()
     return [(part.splitlines()[0], part) for part in results.split("\n### ")[1:]]
 
 
@@ -126,8 +127,9 @@ def test_the_check_catches_a_number_that_is_not_in_the_tables():
 
 
 def _table_after(marker: str) -> list[str]:
-    """The README's lines of the first table after the line that contains ``marker``."""
-    readme = [x.strip() for x in (ROOT / "README.md").read_text().splitlines()]  # tables in list items are indented
+    """The lines of the first table after the line that contains ``marker``, in the README or a page of docs/."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    readme = [x.strip() for p in pages for x in p.read_text().splitlines()]  # tables in list items are indented
     start = next(i for i, x in enumerate(readme) if marker in x)
     first = next(i for i in range(start, len(readme)) if readme[i].startswith("|"))
     end = next(i for i in range(first, len(readme)) if not readme[i].startswith("|"))

@@ -1,7 +1,7 @@
 """Peak resident memory of the streaming latent cache (immiscible/sd/latent_cache.py): an ImageFolder of generated
 JPEGs of mixed sizes encoded by the tiny random VAE, in a child process (``python -m immiscible.sd.latents``), for a
 small and a large number of images. Bounded memory means the two peaks are about the same while the cache grows.
-The README's Stable Diffusion section quotes its output.
+docs/stable_diffusion.md quotes its output.
 
     python tools/latent_cache_rss.py --images 10000 --small 640 --resolution 64
 """
