@@ -1,10 +1,34 @@
-"""Shared fixtures: small ImageFolder datasets generated on the fly (the project never ships data)."""
+"""Shared fixtures: small ImageFolder datasets generated on the fly (the project never ships data), and the
+project's params.yaml with a test's overrides."""
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_params(path: Path, **groups) -> Path:
+    """The project's params.yaml with ``groups`` merged in (nested dicts merge key by key, anything else replaces),
+    written to ``path`` (a folder: its params.yaml); returns the file. E.g. the smoke profile on a test dataset:
+    ``write_params(tmp_path, unconditional=dict(dataset=str(folder), seeds=[0, 1], profile="smoke"))``."""
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), groups)
+    path = Path(path)
+    path = path / "params.yaml" if path.is_dir() else path
+    path.write_text(yaml.safe_dump(params))
+    return path
 
 
 def make_image_folder(root: Path, classes=("cat", "dog"), per_class=6, size=(8, 8), mode="RGB",

@@ -15,6 +15,7 @@ from immiscible.engine.checkpoints import list_snapshots
 from immiscible.engine.loop import train
 from immiscible.evaluation.features import train_classifier
 from immiscible.experiments import ablation as A, ablation_train as T, unconditional as U
+from conftest import write_params
 from test_unconditional_notebook import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,13 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _params(tmp_path: Path, dataset, **ablation) -> Path:
     """The project's params.yaml on ``dataset`` at 16 px (smoke), with ``ablation`` group overrides."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["unconditional"].update(dataset=str(dataset), seeds=[0, 1], profile="smoke")
-    params["unconditional"]["profiles"]["smoke"]["train"].update(resolution=16)
-    params["ablation"].update(dataset=str(dataset), seeds=[0, 1], profile="smoke", **ablation)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_params(tmp_path, unconditional=dict(dataset=str(dataset), seeds=[0, 1], profile="smoke",
+                                                      profiles={"smoke": {"train": {"resolution": 16}}}),
+                        ablation=dict(dataset=str(dataset), seeds=[0, 1], profile="smoke", **ablation))
 
 
 def test_variants_and_run_names():

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 import immiscible.diffusion.losses as losses_module
 from immiscible.config import from_dict
@@ -21,6 +20,7 @@ from immiscible.evaluation.features import train_classifier
 from immiscible.experiments import class_conditional as K
 from immiscible.noise.assignment import assignment_permutation
 from immiscible.noise.source import draw_noise, step_generator
+from conftest import write_params
 from test_unconditional_notebook import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,12 +125,10 @@ def test_bad_class_settings_give_clear_errors(tmp_path):
         train(_cfg(tmp_path, dataset=str(folder), output_dir=str(tmp_path / "r2")))
 
 
+@pytest.mark.slow
 def test_smoke_experiment_end_to_end(tmp_path):
     dataset = make_image_folder(tmp_path / "two", per_class=24, size=16)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["class_conditional"].update(dataset=str(dataset), seeds=[0, 1], profile="smoke")
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path = write_params(tmp_path, class_conditional=dict(dataset=str(dataset), seeds=[0, 1], profile="smoke"))
     exp = K.setup("smoke", params=str(path), data_dir=str(tmp_path / "data"),
                   checkpoint_dir=str(tmp_path / "ckpt" / "cc"), output_dir=str(tmp_path / "results"),
                   classifier_root=str(tmp_path / "ckpt" / "clf"))

@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 from scipy import stats
 
 import immiscible.diffusion.consistency as C
@@ -24,6 +23,7 @@ from immiscible.experiments import consistency_train as T
 from immiscible.models import build_unet
 from immiscible.noise.assignment import assign_noise, knn_noise
 from immiscible.noise.source import step_generator
+from conftest import write_params
 from test_unconditional_notebook import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,17 +184,14 @@ def test_bad_settings_give_clear_errors():
 
 def smoke_experiment(tmp_path: Path, seeds=(0, 1, 2), **consistency):
     dataset = make_image_folder(tmp_path / "faces", per_class=24, size=16)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    group = params["consistency"]
-    group.update(dataset=str(dataset), seeds=list(seeds), profile="smoke")
-    group["profiles"]["smoke"]["consistency"].update(consistency)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path = write_params(tmp_path, consistency=dict(dataset=str(dataset), seeds=list(seeds), profile="smoke",
+                                                   profiles={"smoke": {"consistency": consistency}}))
     return X.setup("smoke", params=str(path), data_dir=str(tmp_path / "data"),
                    checkpoint_dir=str(tmp_path / "ckpt" / "consistency"), output_dir=str(tmp_path / "results"),
                    classifier_root=str(tmp_path / "ckpt" / "classifier"))
 
 
+@pytest.mark.slow
 def test_smoke_experiment_end_to_end(tmp_path):
     exp = smoke_experiment(tmp_path)
     train_classifier(exp.classifier)

@@ -4,7 +4,6 @@ class subsets, resumption never crosses other starting weights, the bad inputs, 
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +16,7 @@ from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import train, training_data
 from immiscible.evaluation.features import train_classifier
 from immiscible.experiments import finetuning as F
+from conftest import write_params
 from test_unconditional_notebook import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,10 +115,7 @@ def test_bad_fine_tuning_settings_give_clear_errors(tmp_path, pretrained):
 
 def _smoke(tmp_path):
     dataset = make_image_folder(tmp_path / "two", per_class=24, size=16)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["finetuning"].update(dataset=str(dataset), seeds=[0, 1], profile="smoke")
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path = write_params(tmp_path, finetuning=dict(dataset=str(dataset), seeds=[0, 1], profile="smoke"))
     exp = F.setup("smoke", params=str(path), data_dir=str(tmp_path / "data"),
                   checkpoint_dir=str(tmp_path / "ckpt" / "ft"), output_dir=str(tmp_path / "results"),
                   classifier_root=str(tmp_path / "ckpt" / "clf"))
@@ -138,6 +135,7 @@ def test_bad_experiment_settings_give_clear_errors(tmp_path):
         F.setup("smoke", params=str(path))
 
 
+@pytest.mark.slow
 def test_smoke_experiment_end_to_end(tmp_path):
     exp, path = _smoke(tmp_path)
     assert exp.pretrain.classes == (0,) and exp.train.classes == (1,)

@@ -7,23 +7,18 @@ import numpy as np
 import pandas as pd
 import papermill as pm
 import pytest
-import yaml
 
 from immiscible.engine.loop import train
 from immiscible.experiments import ablation_train as T, last_step as L
+from conftest import write_params
 from test_unconditional_notebook import make_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _params(tmp_path: Path, dataset, **last_step) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["unconditional"].update(dataset=str(dataset), profile="smoke")
-    params["ablation"].update(dataset=str(dataset), seeds=[0, 1], profile="smoke")
-    params["last_step"].update(last_step)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_params(tmp_path, unconditional=dict(dataset=str(dataset), profile="smoke"),
+                        ablation=dict(dataset=str(dataset), seeds=[0, 1], profile="smoke"), last_step=last_step)
 
 
 @pytest.mark.slow

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from PIL import Image
 from scipy import stats
 
+from conftest import write_params
 from immiscible.experiments import unconditional as U
 from immiscible.experiments.experiment import read_log, training_seconds
 from immiscible.evaluation.features import train_classifier
@@ -35,13 +35,8 @@ def make_image_folder(root: Path, per_class: int = 40, size: int = 32) -> Path:
 
 def smoke_params(tmp_path: Path, dataset: Path, seeds=(0, 1, 2), **train) -> Path:
     """params.yaml in tmp_path: the project's smoke profile, on ``dataset``, with ``train`` overrides."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    group = params["unconditional"]
-    group.update(dataset=str(dataset), seeds=list(seeds), profile="smoke")
-    group["profiles"]["smoke"]["train"].update(train)
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
+    return write_params(tmp_path, unconditional=dict(dataset=str(dataset), seeds=list(seeds), profile="smoke",
+                                                      profiles={"smoke": {"train": train}}))
 
 
 def run_pipeline(tmp_path: Path, params: Path) -> dict:
