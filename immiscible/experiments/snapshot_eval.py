@@ -42,6 +42,7 @@ def extractor_for(exp: Experiment, device: str = "cpu"):
 
 
 def extractor_key(extractor) -> str:
+    """The extractor's part of the cache keys: a hash of its weights (Inception's file, the proxy classifier's)."""
     if extractor.name == "inception":
         return "inception-" + hashlib.sha256(Path(extractor.info["weights"]).read_bytes()).hexdigest()[:16]
     digest = hashlib.sha256(Path(extractor.info["path"], "classifier.safetensors").read_bytes()).hexdigest()
