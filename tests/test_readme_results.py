@@ -33,6 +33,7 @@ QUOTED = {
                            "0.821": "iCT's intermediate sigma of two-step sampling"},
     "Class-conditional training": {"4.14": "peer (minibatch OT): class-conditional FID with OT",
                                    "2.92": "peer: plain", "2.90": "peer: class-aware OT",
+                                   "70.46": "the earlier proxy classifier's test accuracy (this section says why)",
                                    **{v: EARLIER_1200 for v in ("1.95", "1.38", "2.52", "-0.08", "-0.82", "0.65",
                                                                 "0.15", "-0.84", "1.14")}},
 }
