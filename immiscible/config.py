@@ -126,6 +126,27 @@ def load_yaml_group(path: str | Path, group: str) -> dict:
     return group_values
 
 
+def group_profile(path: str | Path, group: str, profile: str | None = None) -> str:
+    """The profile to run: ``profile`` when given, else params.yaml's ``<group>.profile``. The one default that every
+    command line and every ``setup``/``run_settings`` shares (none of them hides another)."""
+    if profile:
+        return profile
+    values = load_yaml_group(path, group)
+    if "profile" not in values:
+        raise ValueError(f"{path}: {group}.profile is not set; pass a profile (--profile) or set {group}.profile")
+    return values["profile"]
+
+
+def group_values(path: str | Path, group: str, keys: tuple[str, ...]) -> dict:
+    """params.yaml's group ``group``, with each of ``keys`` present (params.yaml is their only source): a ValueError
+    naming the missing keys otherwise."""
+    values = load_yaml_group(path, group)
+    missing = [k for k in keys if k not in values]
+    if missing:
+        raise ValueError(f"{path}: {group} lacks {missing}; set them in params.yaml (the defaults live only there)")
+    return values
+
+
 def load_profile(path: str | Path, group: str, profile: str) -> tuple[dict, dict]:
     """(the group, its profile ``profile``) from params.yaml: ``<group>.profiles.<profile>``. The profile is the
     only source of its values (no defaults hidden in code beyond the dataclasses' documented ones)."""

@@ -81,6 +81,29 @@ def test_unknown_profile(tmp_path):
         cli_module.main(["--profile", "smoke", "--params", str(tmp_path / "nothere.yaml")])
 
 
+def test_one_default_profile_for_every_entry_point(tmp_path):
+    """No code holds a default profile: a library ``setup`` and a command line without one both run params.yaml's
+    ``<group>.profile``; without that key the error names it; bench settings missing from params.yaml are named."""
+    import yaml
+    from immiscible.config import group_profile, group_values
+    from immiscible.experiments import consistency_train, last_step
+    params = yaml.safe_load(open(PARAMS))
+    params["unconditional"]["profile"] = "smoke"
+    params["consistency"]["profile"] = "paper"
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    assert U.setup(params=str(path)).profile == "smoke" and U.setup("cpu", params=str(path)).profile == "cpu"
+    assert consistency_train.run_settings(str(path))[0].steps == \
+        consistency_train.run_settings(str(path), "paper")[0].steps
+    del params["last_step"]["profile"], params["assignment_overhead"]["repeats"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"last_step.profile is not set; pass a profile \(--profile\) or set"):
+        last_step.setup(params=str(path))
+    assert group_profile(str(path), "last_step", "smoke") == "smoke"
+    with pytest.raises(ValueError, match=r"assignment_overhead lacks \['repeats'\]"):
+        group_values(str(path), "assignment_overhead", ("profile", "batch_sizes", "steps", "repeats"))
+
+
 def test_unknown_objective(tmp_path):
     with pytest.raises(ValueError, match=r"objective='score' is not allowed; choose one of .*'eps'.*'flow'"):
         cli_module.config_from_args(["--set", "objective=score"])

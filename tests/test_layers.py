@@ -1,41 +1,15 @@
 """The package's layers point one way (experiments -> engine/evaluation -> diffusion/noise -> data/models/config),
 with no import cycle, imports inside functions included."""
-import ast
+import re
+import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "immiscible"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from import_graph import GRAPH, PACKAGE, module_name  # noqa: E402  (the one reading of the imports: tools/)
+
 # rank of each layer: a module may import its own layer's package or a lower rank, never a higher one
 LAYERS = {"config": 0, "io": 0, "data": 0, "models": 0, "noise": 1, "diffusion": 1, "engine": 2, "evaluation": 2,
           "experiments": 3, "pipeline": 3, "sd": 3}
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imports(path: Path) -> set[str]:
-    """Every immiscible module ``path`` imports, anywhere in the file (module level or inside functions)."""
-    tree = ast.parse(path.read_text())
-    found = set()
-    package = module_name(path) if path.name == "__init__.py" else module_name(path).rsplit(".", 1)[0]
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.split(".")[0] == "immiscible"}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
-            if base.split(".")[0] != "immiscible":
-                continue
-            for a in node.names:  # `from immiscible.noise import native` imports a module
-                candidate = f"{base}.{a.name}"
-                found.add(candidate if (PACKAGE.parent / candidate.replace(".", "/")).with_suffix(".py").exists()
-                          or (PACKAGE.parent / candidate.replace(".", "/")).is_dir() else base)
-    return found
-
-
-GRAPH = {module_name(p): imports(p) for p in PACKAGE.rglob("*.py")}
 
 
 def layer(module: str) -> int | None:
@@ -59,6 +33,20 @@ def upward_imports(graph: dict) -> list[str]:
             if other > own or (other == own and own > 0):
                 bad.append(f"{module} -> {target}")
     return sorted(bad)
+
+
+def test_the_architecture_doc_states_these_layers_and_names_every_module():
+    """docs/architecture.md's ranks line is LAYERS, and its layer block names every module of the package."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    line = re.search(r"^Ranks: (.+)$", doc, re.M)
+    assert line, "docs/architecture.md lost its 'Ranks:' line"
+    stated = {name.strip(): int(rank) for part in line.group(1).split("·")
+              for names, rank in [part.rsplit(":", 1)] for name in names.split(",")}
+    assert stated == LAYERS
+    block = doc[line.end():].split("```")[1]
+    unnamed = sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                     if p.parent != PACKAGE and p.name != "__init__.py" and p.name not in block)
+    assert not unnamed, f"modules docs/architecture.md does not name: {unnamed}"
 
 
 def test_imports_point_down_only():

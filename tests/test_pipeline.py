@@ -1,17 +1,18 @@
 """dvc.yaml and params.yaml agree: every ${...} resolves, every stage lists the code it imports (imports inside
 functions and the notebooks' imports included) and reads params that exist, and every tracked result file belongs
 to a stage."""
-import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from test_layers import GRAPH, PACKAGE
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import dvc_deps  # noqa: E402
+from import_graph import closure, entry_modules, module_file  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,43 +25,6 @@ def stages():
         repo.close()
 
 
-def closure(modules: set[str]) -> set[str]:
-    """The immiscible modules ``modules`` import, transitively, with the packages whose __init__ runs."""
-    seen, todo = set(), list(modules)
-    while todo:
-        m = todo.pop()
-        if m in seen or m not in GRAPH:
-            continue
-        seen.add(m)
-        parts = m.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__ run first
-        todo += list(GRAPH[m])
-    return seen
-
-
-def module_file(module: str) -> Path:
-    path = PACKAGE.parent / module.replace(".", "/")
-    return (path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(ROOT)
-
-
-def notebook_imports(path: Path) -> set[str]:
-    nb = json.loads(path.read_text())
-    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    found = set()
-    for mod, names in re.findall(r"^\s*from (immiscible[\w.]*) import ([\w, ]+)", code, re.M):
-        for n in (x.split(" as ")[0].strip() for x in names.split(",")):
-            found.add(f"{mod}.{n}" if f"{mod}.{n}" in GRAPH else mod)
-    return found
-
-
-def entry_modules(cmd: str) -> set[str]:
-    mods = set(re.findall(r"python -m (immiscible[\w.]*)", cmd))
-    for notebook in re.findall(r"python -m immiscible\.pipeline (\w+)", cmd):
-        mods |= notebook_imports(ROOT / "notebooks" / f"{notebook}.ipynb")
-    # `python -m package` runs package/__main__ (after the package's __init__, which closure() adds)
-    return {m + ".__main__" if m + ".__main__" in GRAPH else m for m in mods}
-
-
 def test_every_stage_lists_the_code_it_imports(stages):
     missing = {}
     for name, stage in stages.items():
@@ -70,6 +34,35 @@ def test_every_stage_lists_the_code_it_imports(stages):
         if absent:
             missing[name] = absent
     assert not missing, f"stages missing the code they import: {missing}"
+
+
+def test_code_deps_are_generated_from_the_imports():
+    """Every stage's code deps (dvc.yaml and the SD project's) are what tools/dvc_deps.py generates: an import added
+    without running it fails here, so no stage misses code it runs and none lists code it does not."""
+    stale = {p.relative_to(ROOT).as_posix(): dvc_deps.regenerate(p)[1] for p in dvc_deps.DVC_FILES}
+    assert not any(stale.values()), f"run `python tools/dvc_deps.py`; stale code deps: {stale}"
+
+
+def test_generated_deps_restore_a_removed_import_and_keep_the_rest(tmp_path):
+    text = (ROOT / "dvc.yaml").read_text()
+    assert "      - immiscible/experiments/report.py\n" in text
+    broken = tmp_path / "dvc.yaml"
+    broken.write_text(text.replace("      - immiscible/experiments/report.py\n", "", 1)
+                      .replace("  report:\n", "  report:\n    # a comment kept\n", 1))
+    fixed, changed = dvc_deps.regenerate(broken, prefix="")
+    assert changed == ["report"]
+    assert fixed == text.replace("  report:\n", "  report:\n    # a comment kept\n", 1)
+
+
+def test_generated_deps_are_folders_only_where_every_module_is_needed():
+    deps = dvc_deps.code_deps("python -m immiscible.engine")     # a training run: all of noise, part of diffusion
+    assert Path("immiscible/noise") in deps and Path("immiscible/noise/csrc") not in deps
+    assert Path("immiscible/diffusion") not in deps and Path("immiscible/diffusion/objectives.py") in deps
+    assert not any(d.parts[:2] == ("immiscible", "experiments") for d in deps)
+    part = dvc_deps.as_entries({Path("immiscible/__init__.py"), Path("immiscible/noise/__init__.py"),
+                                Path("immiscible/noise/native.py")})
+    assert part == [Path("immiscible/__init__.py"), Path("immiscible/noise/__init__.py"),
+                    Path("immiscible/noise/native.py"), Path("immiscible/noise/csrc")]   # the kernel's C source
 
 
 def test_every_params_reference_resolves():

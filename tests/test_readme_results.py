@@ -228,3 +228,120 @@ def test_readme_solver_side_table_is_the_auction_profile():
     for line in lines[2:]:
         cells = _cells(line)
         assert cells[1:] == [fmt(d[int(cells[0]), s]) for s in settings], line
+
+
+INTERVAL = re.compile(r"(?<![\w.])([+-]?\d+\.\d+)x? \[([+-]?\d+\.\d+)x?, ([+-]?\d+\.\d+)x?\]")
+
+
+def _interval_rows(files: list[Path]) -> np.ndarray:
+    """(estimate, low, high) of every interval the tables hold or imply: a CSV's ``<x>_mean`` or ``<x>`` with its
+    ``<x>_ci_low``/``<x>_ci_high`` (or ``_low``/``_high``), and the paired interval of every metric and method pair of
+    a ``*_fid.csv``; each also as a percentage. The report's own intervals count too."""
+    out = []
+    report = ROOT / "results" / "REPORT.md"
+    if report.exists():
+        out += [[float(a), float(b), float(c)] for a, b, c in INTERVAL.findall(report.read_text())]
+    for path in files:
+        df = pd.read_csv(path)
+        frames = [df]
+        if path.name.endswith("_fid.csv") and {"method", "seed", "step"} <= set(df.columns):
+            metrics = tuple(c for c in ("fd", "kid", "fd_class_mean", "class_accuracy", "loss") if c in df.columns)
+            for sub in ([df] if "sample_steps" not in df else [g for _, g in df.groupby("sample_steps")]):
+                for baseline in set(sub.method):
+                    frames.append(paired_differences(sub, metrics, baseline=baseline))
+        for frame in frames:
+            for low in (c for c in frame.columns if c.endswith("_low")):
+                stem = low[:-len("_ci_low")] if low.endswith("_ci_low") else low[:-len("_low")]
+                high = low[:-3] + "high"
+                for est in (f"{stem}_mean", stem, f"{stem}_median"):
+                    if est in frame.columns and high in frame.columns:
+                        out += frame[[est, low, high]].to_numpy(float).tolist()
+    rows = np.array(out, float).reshape(-1, 3)
+    return np.concatenate([rows, 100 * rows])
+
+
+def _unmatched_intervals(text: str, rows: np.ndarray, quoted: dict = {}) -> list[str]:
+    """The intervals "m [lo, hi]" of ``text`` that no row of ``rows`` gives, all three numbers at once (an interval
+    quoted from elsewhere: all three numbers in ``quoted``)."""
+    missing = []
+    for m in INTERVAL.finditer(text):
+        if all(x.lstrip("+") in quoted for x in m.groups()):
+            continue
+        written = np.array([float(x) for x in m.groups()])
+        tol = np.array([0.5 * 10 ** -len(x.split(".")[1]) + 1e-9 for x in m.groups()])
+        if not len(rows) or not np.any(np.all(np.abs(rows - written) <= tol, axis=1)):
+            missing.append(m.group(0))
+    return missing
+
+
+def test_every_interval_of_the_result_sections_is_one_row_of_the_tables():
+    """An interval is checked as a whole: its estimate and both ends come from one row (one comparison at one step),
+    not three numbers found anywhere."""
+    problems = {}
+    for title, text in _sections():
+        files = sorted({p for name in TABLE.findall(text) for p in (ROOT / "results" / "tables").glob(f"{name}.csv")})
+        quoted = next((q for prefix, q in QUOTED.items() if title.startswith(prefix)), {})
+        missing = _unmatched_intervals(text, _interval_rows(files), quoted)
+        if missing:
+            problems[title] = missing
+    assert not problems, f"intervals that are no row of the section's tables: {problems}"
+
+
+def test_the_interval_check_needs_all_three_numbers_from_one_row():
+    rows = np.array([[1.0, 0.5, 1.5], [2.0, 1.0, 3.0]])
+    assert _unmatched_intervals("+1.00 [+0.50, +1.50] and 2.0 [1.0, 3.0]", rows) == []
+    assert _unmatched_intervals("+1.00 [+1.00, +3.00]", rows) == ["+1.00 [+1.00, +3.00]"]   # each number exists
+
+
+def test_every_interval_of_the_readme_and_docs_is_one_row_of_a_result_table():
+    """The README's headline rows and the other pages quote intervals from many tables: each is one row of one of
+    the committed result tables (results/**.csv), all three numbers at once."""
+    rows = _interval_rows(sorted((ROOT / "results").rglob("*.csv")))
+    quoted = {k: v for q in QUOTED.values() for k, v in q.items()}
+    problems = {}
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        missing = _unmatched_intervals(page.read_text(), rows, quoted)
+        if missing:
+            problems[page.name] = missing
+    assert not problems, f"intervals that are no row of a result table: {problems}"
+
+
+def _ms(x: float) -> str:
+    """A time as docs/results.md writes it: 1.6 ms, 31 ms, 1.1 s, 12 s."""
+    if pd.isna(x):
+        return "-"
+    if x < 10:
+        return f"{x:.1f} ms"
+    if x < 1000:
+        return f"{x:.0f} ms"
+    return f"{x / 1000:.1f} s" if x < 10000 else f"{x / 1000:.0f} s"
+
+
+TIMING_COLUMNS = {"exact": "**exact** (`auction`, default)", "exact_threads": "exact, `auction` on 2 threads",
+                  "exact_jv": "exact, `jv`", "exact_lap": "exact, `lap`",
+                  "exact_scipy": "exact, scipy on the raw L2 matrix", "quantized": "quantized (official variant)",
+                  "greedy": "greedy", "knn": "KNN, k=64 (not a permutation)"}
+
+
+def assignment_timing_markdown(d: pd.DataFrame) -> list[str]:
+    """docs/results.md's timing table from results/tables/assignment_timing.csv: total ms per method and B, with the
+    distance change beside the methods that keep or lose part of the reduction."""
+    total = d.pivot(index="batch_size", columns="method", values="total_ms")
+    delta = d.pivot(index="batch_size", columns="method", values="delta_mean_distance_pct")
+    paper = d.groupby("batch_size").paper_total_ms.first()
+    lines = ["| B | paper | " + " | ".join(TIMING_COLUMNS.values()) + " |", "| --- " * (2 + len(TIMING_COLUMNS)) + "|"]
+    for B in total.index:
+        cells = [str(B), "-" if pd.isna(paper[B]) else f"{paper[B]:g} ms"]
+        for m in TIMING_COLUMNS:
+            cell = _ms(total.loc[B, m])
+            if m in ("exact", "quantized", "greedy", "knn"):
+                cell += f" ({delta.loc[B, m]:.2f}%)"
+            cells.append(f"**{_ms(total.loc[B, m])}** ({delta.loc[B, m]:.2f}%)" if m == "exact" else cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def test_the_assignment_timing_table_is_the_stage_table():
+    """docs/results.md's timing table is results/tables/assignment_timing.csv, cell by cell."""
+    d = pd.read_csv(ROOT / "results" / "tables" / "assignment_timing.csv")
+    assert _table_after("| B | paper | **exact** (`auction`, default)") == assignment_timing_markdown(d)

@@ -39,6 +39,8 @@ def test_dvc_repro_encodes_once_trains_each_method_and_samples(tmp_path):
     sub = project / "pipelines" / "stable_diffusion"
     sub.mkdir(parents=True)
     shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+    shutil.copytree(ROOT / "immiscible", project / "immiscible",       # the stages' code deps (../../immiscible/...)
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / "pipelines" / "stable_diffusion" / name, sub / name)
     _run(["git", "init", "-q"], project)
@@ -80,3 +82,10 @@ def test_dvc_repro_encodes_once_trains_each_method_and_samples(tmp_path):
     (sub / "params.yaml").write_text(yaml.safe_dump(params))
     status = _run([DVC, "status"], sub)
     assert "latents:" in status and "resolution" in status
+
+    params["resolution"] = 16            # back; then the training code changes: training and sampling are stale,
+    (sub / "params.yaml").write_text(yaml.safe_dump(params))    # the latent cache (which does not import it) is not
+    with open(project / "immiscible" / "sd" / "train.py", "a") as f:
+        f.write("\n# changed\n")
+    status = _run([DVC, "status"], sub)
+    assert "train@exact-0" in status and "immiscible/sd/train.py" in status and "latents:" not in status

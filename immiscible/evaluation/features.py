@@ -224,27 +224,3 @@ def get_extractor(kind: str = "auto", classifier: str | Path | None = None, ince
     if classifier is None:
         raise ValueError("no Inception weights and no proxy classifier folder given")
     return load_proxy_extractor(classifier, device)
-
-
-def main(argv=None) -> None:
-    """Train and cache the proxy classifier of an experiment's profile (what its DVC classifier stage runs)."""
-    import argparse
-    from immiscible.config import from_dict, load_profile, load_yaml_group
-    p = argparse.ArgumentParser(description="Train and cache the proxy feature extractor of an experiment.")
-    p.add_argument("--params", default="params.yaml")
-    p.add_argument("--group", default="unconditional", help="params.yaml group: its `dataset`, `profile` and "
-                   "profiles.<profile>.classifier (and train.resolution)")
-    p.add_argument("--profile", default=None, help="default: the group's `profile`")
-    p.add_argument("--data-dir", default="data")
-    p.add_argument("--out-dir", default="checkpoints/classifier")
-    a = p.parse_args(argv)
-    profile_name = a.profile or load_yaml_group(a.params, a.group).get("profile", "cpu")
-    group, profile = load_profile(a.params, a.group, profile_name)
-    cfg = from_dict(ClassifierConfig, {**profile.get("classifier", {}), "dataset": group.get("dataset", "cifar10"),
-                                       "data_dir": a.data_dir, "out_dir": a.out_dir,
-                                       "resolution": profile.get("train", {}).get("resolution", 32)})
-    print(json.dumps(train_classifier(cfg), indent=2))
-
-
-if __name__ == "__main__":
-    main()

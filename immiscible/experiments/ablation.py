@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immiscible.config import from_dict, load_profile, load_yaml_group
+from immiscible.config import from_dict, group_profile, load_profile, load_yaml_group
 from immiscible.engine.loop import end_distributed
 from immiscible.evaluation.features import ClassifierConfig, train_classifier
 from immiscible.evaluation.statistics import paired_differences, t_interval
@@ -64,12 +64,13 @@ class AblationExperiment:
         return Path(self.output_dir) / "tables" / f"{GROUP}_{name}.csv"
 
 
-def setup(profile: str = "smoke", params: str = "params.yaml", dataset: str | None = None, data_dir: str = "data",
+def setup(profile: str | None = None, params: str = "params.yaml", dataset: str | None = None, data_dir: str = "data",
           checkpoint_dir: str = "checkpoints/ablation", output_dir: str = "results",
           classifier_root: str = "checkpoints/classifier", reuse_root: str = "checkpoints") -> AblationExperiment:
     """The ablation and one ArmExperiment per arm (evaluation and classifier settings: the unconditional profile's,
     with the ablation profile's ``eval`` on top). The base resolution's proxy classifier is the unconditional
     experiment's (``classifier_root``); other resolutions have theirs in ``<classifier_root>-ablation``."""
+    profile = group_profile(params, GROUP, profile)
     ab = T.setup(profile, params, dataset, data_dir, checkpoint_dir, reuse_root)
     group, p = load_profile(params, GROUP, profile)
     _, base = load_profile(params, T.BASE_GROUP, profile)
@@ -280,7 +281,7 @@ def main(argv=None) -> None:
     p.add_argument("--output-dir", default="results")
     p.add_argument("--reuse-root", default="checkpoints", help="where the reused runs' experiments keep their runs")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
+    profile = group_profile(a.params, GROUP, a.profile)
     exp = setup(profile, a.params, data_dir=a.data_dir, checkpoint_dir=a.checkpoint_dir, output_dir=a.output_dir,
                 classifier_root=a.classifier_dir, reuse_root=a.reuse_root)
     if a.command == "classifier":

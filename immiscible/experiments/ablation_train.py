@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from immiscible.config import from_dict, load_profile, load_yaml_group
+from immiscible.config import from_dict, group_profile, load_profile, load_yaml_group
 from immiscible.engine.checkpoints import check_resumable
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import end_distributed, train
@@ -79,10 +79,11 @@ def parse_run(run: str, arms: dict) -> tuple[str, str]:
     return arm, variant
 
 
-def setup(profile: str = "smoke", params: str = "params.yaml", dataset: str | None = None, data_dir: str = "data",
+def setup(profile: str | None = None, params: str = "params.yaml", dataset: str | None = None, data_dir: str = "data",
           checkpoint_dir: str = "checkpoints/ablation", reuse_root: str = "checkpoints", seeds=None) -> Ablation:
     """The ablation of params.yaml's ``ablation`` group, validated before any compute: every run parses, every arm
     has a vanilla run (its baseline), arms change only ``ARM_FIELDS``."""
+    profile = group_profile(params, GROUP, profile)
     group, p = load_profile(params, GROUP, profile)
     _, base_profile = load_profile(params, BASE_GROUP, profile)
     unknown = set(p) - {"train", "eval"}
@@ -157,7 +158,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--checkpoint-dir", default="checkpoints/ablation")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
+    profile = group_profile(a.params, GROUP, a.profile)
     ab = setup(profile, a.params, data_dir=a.data_dir, checkpoint_dir=a.checkpoint_dir)
     if a.all:
         if a.run or a.seed is not None:

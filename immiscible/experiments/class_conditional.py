@@ -41,13 +41,13 @@ class ClassEvalConfig(E.EvalConfig):
     grid_per_class: int = 8                # final samples per class kept for the figure (first seed)
 
 
-def setup(profile: str = "smoke", params: str = "params.yaml", checkpoint_dir: str = "checkpoints/class_conditional",
+def setup(profile: str | None = None, params: str = "params.yaml", checkpoint_dir: str = "checkpoints/class_conditional",
           classifier_root: str = "checkpoints/classifier-class_conditional", **kwargs) -> E.Experiment:
     """The experiment of params.yaml's ``class_conditional`` group (arguments as ``unconditional.setup``)."""
     exp = E.setup(profile, params=params, checkpoint_dir=checkpoint_dir, classifier_root=classifier_root,
                   group_name=GROUP, eval_cls=ClassEvalConfig, **kwargs)
     if not exp.train.num_classes:
-        raise ValueError(f"profile {profile!r} of {GROUP}: train.num_classes must be the dataset's number of classes")
+        raise ValueError(f"profile {exp.profile!r} of {GROUP}: train.num_classes must be the dataset's number of classes")
     return exp
 
 

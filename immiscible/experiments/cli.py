@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from immiscible.config import load_yaml_group
+from immiscible.config import group_profile
 from immiscible.engine.loop import end_distributed
 from immiscible.evaluation.features import train_classifier
 
@@ -47,7 +47,7 @@ def experiment_main(argv, group: str, setup, commands: dict, description: str, c
     p.add_argument("--classifier-dir", default=classifier_dir)
     p.add_argument("--output-dir", default="results")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, group).get("profile", "cpu")
+    profile = group_profile(a.params, group, a.profile)
     exp = setup(profile, data_dir=a.data_dir, params=a.params, checkpoint_dir=a.checkpoint_dir,
                 output_dir=a.output_dir, classifier_root=a.classifier_dir)
     if a.command == "classifier":

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from immiscible.config import choices, from_dict, to_dict
+from immiscible.config import choices, from_dict, group_profile, to_dict
 from immiscible.diffusion.consistency import ConsistencyConfig, consistency_samples
 from immiscible.engine.checkpoints import load_run_model, snapshot_digest
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
@@ -55,12 +55,13 @@ class ConsistencyExperiment(Experiment):
     consistency: ConsistencyConfig = ConsistencyConfig()
 
 
-def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
+def setup(profile: str | None = None, dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
           steps: int | None = None, params: str = "params.yaml", checkpoint_dir: str = "checkpoints/consistency",
           output_dir: str = "results", classifier_root: str = "checkpoints/classifier-consistency",
           train_overrides: dict | None = None, consistency_overrides: dict | None = None,
           eval_overrides: dict | None = None) -> ConsistencyExperiment:
     """Resolve and validate the whole experiment (params.yaml profile + arguments) before any compute."""
+    profile = group_profile(params, GROUP, profile)
     train_cfg, ct, group, p = run_settings(params, profile, dataset, data_dir, steps, train_overrides,
                                            consistency_overrides)
     methods, seeds = methods_and_seeds({**group, **{k: p[k] for k in ("methods", "seeds") if k in p}}, methods, seeds)

@@ -16,7 +16,7 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from immiscible.config import from_dict, load_profile, load_yaml_group, to_dict
+from immiscible.config import from_dict, load_profile, group_profile, to_dict
 from immiscible.diffusion.consistency import ConsistencyConfig, check_consistency_config, make_consistency_loss
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import end_distributed, train
@@ -29,10 +29,11 @@ PROFILE_KEYS = ("methods", "seeds", "side_by_side")  # what a profile may set be
 GROUP = "consistency"
 
 
-def run_settings(params: str = "params.yaml", profile: str = "smoke", dataset: str | None = None,
+def run_settings(params: str = "params.yaml", profile: str | None = None, dataset: str | None = None,
                  data_dir: str = "data", steps: int | None = None, train_overrides: dict | None = None,
                  consistency_overrides: dict | None = None) -> tuple[TrainConfig, ConsistencyConfig, dict, dict]:
     """(base TrainConfig, ConsistencyConfig, the params group, the profile), validated before any compute."""
+    profile = group_profile(params, GROUP, profile)
     group, p = load_profile(params, GROUP, profile)
     unknown = set(p) - {"train", "consistency", "eval", "classifier", *PROFILE_KEYS}
     if unknown:
@@ -112,7 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--checkpoint-dir", default="checkpoints/consistency")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
+    profile = group_profile(a.params, GROUP, a.profile)
     cfg, ct, _, _ = run_settings(a.params, profile, data_dir=a.data_dir)
     cfg = replace(cfg, method=a.method, seed=a.seed, output_dir=str(run_dir(a.checkpoint_dir, profile, a.method, a.seed)))
     print(json.dumps(train_run(cfg, ct, on_change="restart"), indent=2))

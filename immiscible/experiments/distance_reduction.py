@@ -17,9 +17,8 @@ from tqdm.auto import tqdm
 from immiscible.noise.assignment import assignment_permutation, mean_pair_distance
 from immiscible.data import ImageDataset
 from immiscible.io import atomic_savefig
+from immiscible.experiments.paper import PAPER_DELTA_PCT
 
-PAPER_DELTA_PCT = {128: -1.93, 256: -2.16, 512: -2.32, 1024: -2.44}
-PAPER_TIME_MS = {128: 5.4, 256: 6.7, 512: 8.8, 1024: 22.8}
 
 
 def _pixels(x: torch.Tensor, ds: ImageDataset, g: torch.Generator) -> torch.Tensor:

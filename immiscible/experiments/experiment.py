@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immiscible.config import choices, from_dict, load_profile
+from immiscible.config import choices, from_dict, group_profile, load_profile
 from immiscible.diffusion.objectives import OBJECTIVES
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import train
@@ -89,7 +89,7 @@ def methods_and_seeds(group: dict, methods=None, seeds=None) -> tuple[tuple[str,
     return methods, seeds
 
 
-def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
+def setup(profile: str | None = None, dataset: str | None = None, data_dir: str = "data", methods=None, seeds=None,
           objective: str | None = None, steps: int | None = None, batch_size: int | None = None,
           params: str = "params.yaml", checkpoint_dir: str = "checkpoints/unconditional",
           output_dir: str = "results", classifier_root: str = "checkpoints/classifier",
@@ -99,6 +99,7 @@ def setup(profile: str = "smoke", dataset: str | None = None, data_dir: str = "d
     ``group_name``/``eval_cls``/``sections``: another experiment of the same shape (its params group, evaluation
     config and the sections its profiles may hold). A profile may also set its own ``methods``/``seeds`` (else the
     group's) and ``side_by_side: true`` (its runs train in one process: ``train_all``)."""
+    profile = group_profile(params, group_name, profile)
     group, p = load_profile(params, group_name, profile)
     unknown = set(p) - set(sections) - set(PROFILE_KEYS)
     if unknown:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from immiscible.config import group_profile
 from immiscible.data import load_images, load_labels
 from immiscible.diffusion.sampling import sample_images
 from immiscible.engine.checkpoints import init_weights_path, load_run_model, weights_digest
@@ -51,11 +52,12 @@ class FinetuneExperiment(E.Experiment):
         return Path(self.pretrain.output_dir)
 
 
-def setup(profile: str = "smoke", params: str = "params.yaml", checkpoint_dir: str = "checkpoints/finetuning",
+def setup(profile: str | None = None, params: str = "params.yaml", checkpoint_dir: str = "checkpoints/finetuning",
           classifier_root: str = "checkpoints/classifier-finetuning", data_dir: str = "data",
           dataset: str | None = None, train_overrides: dict | None = None, pretrain_overrides: dict | None = None,
           **kwargs) -> FinetuneExperiment:
     """The experiment of params.yaml's ``finetuning`` group (other arguments as ``unconditional.setup``)."""
+    profile = group_profile(params, GROUP, profile)
     pre, _ = run_settings(params, profile, dataset, data_dir, checkpoint_dir, pretrain_overrides, train_overrides)
     exp = E.setup(profile, dataset=dataset, data_dir=data_dir, params=params, checkpoint_dir=checkpoint_dir,
                   classifier_root=classifier_root, group_name=GROUP,

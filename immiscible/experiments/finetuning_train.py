@@ -15,7 +15,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from immiscible.config import from_dict, load_profile, load_yaml_group
+from immiscible.config import from_dict, load_profile, group_profile
 from immiscible.engine.config import TrainConfig, check_config
 from immiscible.engine.loop import end_distributed, train
 from immiscible.noise.source import METHODS
@@ -34,11 +34,12 @@ def run_dir(checkpoint_dir: str | Path, profile: str, method: str, seed: int) ->
     return Path(checkpoint_dir) / profile / f"{method}-{seed}"
 
 
-def run_settings(params: str = "params.yaml", profile: str = "smoke", dataset: str | None = None,
+def run_settings(params: str = "params.yaml", profile: str | None = None, dataset: str | None = None,
                  data_dir: str = "data", checkpoint_dir: str = "checkpoints/finetuning",
                  pretrain_overrides: dict | None = None, train_overrides: dict | None = None
                  ) -> tuple[TrainConfig, TrainConfig]:
     """(pretraining TrainConfig, base fine-tuning TrainConfig starting from the pretraining run), validated."""
+    profile = group_profile(params, GROUP, profile)
     group, p = load_profile(params, GROUP, profile)
     for section in ("pretrain", "train"):
         if section not in p:
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--checkpoint-dir", default="checkpoints/finetuning")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, GROUP).get("profile", "cpu")
+    profile = group_profile(a.params, GROUP, a.profile)
     pre, ft = run_settings(a.params, profile, data_dir=a.data_dir, checkpoint_dir=a.checkpoint_dir)
     if a.what == "pretrain":
         cfg = pre

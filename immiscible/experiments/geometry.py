@@ -15,7 +15,6 @@ import math
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from immiscible.data import ImageDataset
 from immiscible.io import atomic_savefig

@@ -16,18 +16,19 @@ from dataclasses import replace
 
 import pandas as pd
 
-from immiscible.config import from_dict, load_profile, load_yaml_group, to_dict
+from immiscible.config import from_dict, load_profile, group_profile, to_dict
 from immiscible.experiments import ablation as A, experiment as E, unconditional as U
 
 GROUP = "last_step"
 
 
-def setup(profile: str = "smoke", params: str = "params.yaml", data_dir: str = "data",
+def setup(profile: str | None = None, params: str = "params.yaml", data_dir: str = "data",
           ablation_dir: str = "checkpoints/ablation", checkpoint_dir: str = "checkpoints/last_step",
           output_dir: str = "results", dataset: str | None = None) -> E.Experiment:
     """The comparison of params.yaml's ``last_step`` group: its ``variants`` of the ablation arm ``arm`` (all the
     ablation's seeds), at the ablation's profile; predictions go to ``checkpoint_dir``, the table and figure to
     ``output_dir`` as ``<arm>_last_step``."""
+    profile = group_profile(params, GROUP, profile)
     group, p = load_profile(params, GROUP, profile)
     arm_name, variants = group.get("arm", "flow"), tuple(group.get("variants", ("vanilla", "exact")))
     ab = A.setup(profile, params=params, dataset=dataset, data_dir=data_dir, checkpoint_dir=ablation_dir)
@@ -64,7 +65,7 @@ def main(argv=None) -> None:
     p.add_argument("--checkpoint-dir", default="checkpoints/last_step")
     p.add_argument("--output-dir", default="results")
     a = p.parse_args(argv)
-    profile = a.profile or load_yaml_group(a.params, A.GROUP).get("profile", "cpu")
+    profile = group_profile(a.params, A.GROUP, a.profile)
     exp = setup(profile, params=a.params, data_dir=a.data_dir, ablation_dir=a.ablation_dir,
                 checkpoint_dir=a.checkpoint_dir, output_dir=a.output_dir)
     print(U.summarize_last_step(evaluate(exp)).round(3).to_string())

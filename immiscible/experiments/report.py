@@ -29,16 +29,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from immiscible.config import load_yaml_group
+from immiscible.config import group_values
 from immiscible.evaluation.statistics import (NOT_ENOUGH_POINTS, benjamini_hochberg, paired_differences,
                                               paired_sampling_sd, paired_slope_vs_log_step, sd_from_t_interval,
                                               t_interval_with_sampling_floor, t_p_value_from_interval)
+from immiscible.experiments.paper import PAPER_DELTA_PCT, PAPER_TIME_MS
 from immiscible.io import atomic_write_text
 
-PAPER_DISTANCE = {128: -1.93, 256: -2.16, 512: -2.32, 1024: -2.44}   # slides' table, change of mean distance (%)
-PAPER_TIME_MS = {128: 5.4, 512: 8.8, 1024: 22.8}                     # slides' table, assignment time (A6000 host)
-FIGURES = ("unconditional_fd_curves", "consistency_fd_curves_1step", "class_conditional_fd_curves",
-           "finetuning_fd_curves", "distance_reduction")    # default of params.yaml's report.figures
+PAPER_TIME = {b: PAPER_TIME_MS[b] for b in (128, 512, 1024)}   # the paper's times at the sizes the GPU check has
 
 
 FDR_LEVEL = 0.05    # a comparison counts only when its Benjamini-Hochberg q-value is below this
@@ -320,30 +318,32 @@ def build_rows(results: str | Path = "results", last_step_arm: str = "flow") -> 
     results, rows = Path(results), []
     d = _table(results, "distance_reduction")
     if d is not None:
-        gaps = {rep: float((sub.set_index("batch_size").delta_mean_distance_pct - pd.Series(PAPER_DISTANCE))
+        gaps = {rep: float((sub.set_index("batch_size").delta_mean_distance_pct - pd.Series(PAPER_DELTA_PCT))
                            .dropna().abs().max()) for rep, sub in d.groupby("representation")}
         best = min(gaps, key=gaps.get)
         pixels = d[d.representation == "pixels"].set_index("batch_size").delta_mean_distance_pct
         rows.append({"claim": "assignment reduces the mean image-noise distance",
-                     "paper": "-1.93 / -2.16 / -2.32 / -2.44 % at B = 128 / 256 / 512 / 1024",
+                     "paper": " / ".join(f"{v:.2f}" for v in PAPER_DELTA_PCT.values()) + " % at B = "
+                              + " / ".join(map(str, PAPER_DELTA_PCT)),
                      "ours": f"closest: {best}, largest gap {gaps[best]:.2f} points; pixels in [-1, 1]: "
-                             + " / ".join(f"{pixels.get(b, float('nan')):.2f}" for b in PAPER_DISTANCE) + " %",
+                             + " / ".join(f"{pixels.get(b, float('nan')):.2f}" for b in PAPER_DELTA_PCT) + " %",
                      "setting": "CIFAR-10 batches, 20 per batch size (the paper does not say on what data)",
                      "verdict": ("reproduced on unit-variance data" if gaps[best] <= 0.15 else "not reproduced")
                                 + ("; smaller on [-1, 1] pixels" if gaps.get("pixels", 0) > 0.15 else "")})
     t = _table(results, "assignment_timing")
     if t is not None:
         cpu = t[t.method == "exact"].set_index("batch_size").total_ms
-        ours = " / ".join(f"{cpu.get(b, float('nan')):.1f}" for b in PAPER_TIME_MS) + " ms (CPU, 2 cores)"
+        ours = " / ".join(f"{cpu.get(b, float('nan')):.1f}" for b in PAPER_TIME) + " ms (CPU, 2 cores)"
         compared, where = cpu, "CPU"
         cuda_path = results / "device" / "tables" / "assignment_timing_cuda.csv"
         if cuda_path.exists():  # the paper's times come from a GPU machine: compare with the GPU check's
             c = pd.read_csv(cuda_path)
             compared, where = c[c.method == "exact"].set_index("batch_size").total_ms, "GPU check"
-            ours += "; " + " / ".join(f"{compared.get(b, float('nan')):.1f}" for b in PAPER_TIME_MS) + \
+            ours += "; " + " / ".join(f"{compared.get(b, float('nan')):.1f}" for b in PAPER_TIME) + \
                 " ms (GPU check, fp16 distances)"
-        ratio = max(compared.get(b, np.inf) / ms for b, ms in PAPER_TIME_MS.items())
-        rows.append({"claim": "the assignment costs milliseconds", "paper": "5.4 / 8.8 / 22.8 ms at B = 128 / 512 / 1024",
+        ratio = max(compared.get(b, np.inf) / ms for b, ms in PAPER_TIME.items())
+        paper = " / ".join(f"{v:g}" for v in PAPER_TIME.values()) + " ms at B = " + " / ".join(map(str, PAPER_TIME))
+        rows.append({"claim": "the assignment costs milliseconds", "paper": paper,
                      "ours": ours, "setting": "exact assignment incl. distances, CIFAR-10 3x32x32",
                      "verdict": (f"reproduced ({where}: at most {ratio:.2f}x the paper's time)" if ratio <= 1.1 else
                                  f"partly ({where}: up to {ratio:.1f}x the paper's time)")})
@@ -664,7 +664,7 @@ def _html_table(rows: list[dict], columns) -> str:
     return "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + f"</tr>\n{cells}</table>"
 
 
-def markdown(rows: list[dict], figures=FIGURES, horizon: list[dict] = ()) -> str:
+def markdown(rows: list[dict], figures=(), horizon: list[dict] = ()) -> str:
     lines = ["# Reproduction report", "", INTRO, "", verdict_rule_text(), "", *_markdown_table(rows, COLUMNS)]
     if horizon:
         lines += ["", "## Verdicts by horizon", "", HORIZON_INTRO, "", *_markdown_table(horizon, HORIZON_HEAD)]
@@ -674,7 +674,7 @@ def markdown(rows: list[dict], figures=FIGURES, horizon: list[dict] = ()) -> str
     return "\n".join(lines)
 
 
-def html_page(rows: list[dict], results: Path, figures=FIGURES, horizon: list[dict] = ()) -> str:
+def html_page(rows: list[dict], results: Path, figures=(), horizon: list[dict] = ()) -> str:
     embedded = ""
     for name in figures:
         path = results / "figures" / f"{name}.png"
@@ -713,8 +713,9 @@ def verdict_table(rows: list[dict]) -> pd.DataFrame:
                           "verdict": r["verdict"]} for r in rows if "_test" in r], columns=list(VERDICT_COLUMNS))
 
 
-def write_report(results: str | Path = "results", figures=FIGURES, last_step_arm: str = "flow") -> list[dict]:
-    """REPORT.md and report.html from the tables under ``results``, tables/horizon_trends.csv when any
+def write_report(results: str | Path = "results", figures=(), last_step_arm: str = "flow") -> list[dict]:
+    """REPORT.md and report.html from the tables under ``results`` (embedding results/figures/<name>.png for each name
+    of ``figures``: params.yaml report.figures), tables/horizon_trends.csv when any
     per-snapshot FD table exists and tables/report_verdicts.csv when any row is judged by an interval."""
     results = Path(results)
     rows = build_rows(results, last_step_arm)
@@ -735,8 +736,8 @@ def main(argv=None) -> None:
     p.add_argument("--results", default="results")
     p.add_argument("--params", default="params.yaml")
     a = p.parse_args(argv)
-    figures = load_yaml_group(a.params, "report").get("figures", FIGURES)
-    arm = load_yaml_group(a.params, "last_step").get("arm", "flow")
+    figures = group_values(a.params, "report", ("figures",))["figures"]
+    arm = group_values(a.params, "last_step", ("arm",))["arm"]
     for r in write_report(a.results, figures, arm):
         print(f"{r['verdict']:<45} {r['claim']}")
 

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from immiscible.config import from_dict, load_profile, load_yaml_group
+from immiscible.config import from_dict, group_values, load_profile
 from immiscible.engine.config import TrainConfig
 from immiscible.experiments.timing import hardware_description
 from immiscible.io import atomic_write_text
@@ -63,9 +63,10 @@ def _steps_per_second(cfg: TrainConfig, variant: str, steps: int, warmup: int) -
         torch.set_num_threads(threads)
 
 
-def training_throughput(profile: str = "cpu", variants=VARIANTS, steps: int = 40, warmup: int = 10,
-                        repeats: int = 3, params: str = "params.yaml") -> pd.DataFrame:
-    """Median steps/s per variant and its median ratio to ``default`` within a repeat."""
+def training_throughput(profile: str, variants, steps: int, warmup: int, repeats: int,
+                        params: str = "params.yaml") -> pd.DataFrame:
+    """Median steps/s per variant and its median ratio to ``default`` within a repeat (no defaults here: the values
+    of the DVC stage live in params.yaml's ``training_throughput``)."""
     cfg = from_dict(TrainConfig, dict(load_profile(params, "unconditional", profile)[1]["train"]))
     unknown = [v for v in variants if v not in VARIANTS and not v.startswith("threads=")]
     if unknown:
@@ -93,9 +94,8 @@ def main(argv=None) -> None:
     p.add_argument("--group", default="training_throughput")
     p.add_argument("--out", default="results/tables/training_throughput.csv")
     a = p.parse_args(argv)
-    g = load_yaml_group(a.params, a.group)
-    df = training_throughput(g.get("profile", "cpu"), g.get("variants", VARIANTS), g.get("steps", 40),
-                             g.get("warmup", 10), g.get("repeats", 3), a.params)
+    g = group_values(a.params, a.group, ("profile", "variants", "steps", "warmup", "repeats"))
+    df = training_throughput(g["profile"], g["variants"], g["steps"], g["warmup"], g["repeats"], a.params)
     atomic_write_text(a.out, df.to_csv(index=False))
     print(df[["variant", "steps_per_s", "ratio_vs_default", "ratio_min", "ratio_max"]].round(3).to_string(index=False))
 

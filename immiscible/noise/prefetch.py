@@ -17,25 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from immiscible.noise.assignment import assign_noise, knn_noise
-
-NOISE_METHODS = ("vanilla", "exact", "quantized", "greedy", "knn")
-
-
-def draw_assigned_noise(x0: torch.Tensor, method: str, generator: torch.Generator | None = None, k: int = 1,
-                        **options) -> torch.Tensor:
-    """Gaussian noise for ``x0`` paired by ``method``: 'vanilla' (random pairing), 'exact', 'quantized', 'greedy'
-    (a permutation of i.i.d. noise) or 'knn' (nearest of ``k`` candidates per image)."""
-    if method not in NOISE_METHODS:
-        raise ValueError(f"unknown noise method {method!r}; choose one of {NOISE_METHODS}")
-    if method == "knn":
-        return knn_noise(x0, k, generator=generator)
-    device = generator.device if generator is not None else x0.device
-    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype).to(x0.device)
-    if method == "vanilla":
-        return noise
-    return assign_noise(x0, noise, method=method, **options)
-
+from immiscible.noise.source import METHODS, draw_noise
 
 def prefetch(fn: Callable, items: Iterable, ahead: int = 1) -> Iterator:
     """Yield ``fn(item)`` for each item, in order, computing the next ``ahead`` results in one background thread."""
@@ -58,17 +40,20 @@ def prefetch(fn: Callable, items: Iterable, ahead: int = 1) -> Iterator:
 
 
 def prefetch_assigned_noise(batches: Iterable, method: str = "exact", generator: torch.Generator | None = None,
-                            k: int = 1, ahead: int = 1, key=None, **options) -> Iterator[tuple]:
-    """Yield ``(batch, noise)`` with the noise for the next ``ahead`` batches computed in a background thread.
+                            k: int = 1, ahead: int = 1, key=None, cost: str = "l2",
+                            solver: str = "auto") -> Iterator[tuple]:
+    """Yield ``(batch, noise)`` with the noise for the next ``ahead`` batches computed in a background thread: each
+    is ``draw_noise(x0, generator, method, knn_k=k, cost=cost, solver=solver)``, the training loop's own draw.
 
     ``key(batch)`` picks the image tensor out of a batch (default: the batch itself, or its first element when it is
     a tuple/list, as a DataLoader of (images, labels) gives)."""
-    if method not in NOISE_METHODS:
-        raise ValueError(f"unknown noise method {method!r}; choose one of {NOISE_METHODS}")
+    if method not in METHODS or method == "exact_class":
+        raise ValueError(f"unknown noise method {method!r} for prefetching; choose one of "
+                         f"{tuple(m for m in METHODS if m != 'exact_class')}")
     if key is None:
         def key(b):
             return b[0] if isinstance(b, (tuple, list)) else b
 
     def pair(batch):
-        return batch, draw_assigned_noise(key(batch), method, generator, k, **options)
+        return batch, draw_noise(key(batch), generator, method, knn_k=k, cost=cost, solver=solver)[0]
     return prefetch(pair, batches, ahead)

@@ -13,10 +13,12 @@ import time
 import numpy as np
 import torch
 
-from immiscible.noise.assignment import assignment_permutation, knn_noise
+from immiscible.noise.assignment import METHODS as ASSIGNMENT_METHODS, assignment_permutation, knn_noise
 from immiscible.noise.distributed import global_permutation
 
-METHODS = ("vanilla", "exact", "quantized", "knn", "exact_class")
+# every way a training step may pair its noise: random (vanilla), a permutation of the draw (the assignment methods),
+# the nearest of k draws per image (knn), the exact assignment within each class (exact_class)
+METHODS = ("vanilla", *ASSIGNMENT_METHODS, "knn", "exact_class")
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -30,20 +32,23 @@ def pair_distance(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return (x0.reshape(x0.shape[0], -1).double() - noise.reshape(noise.shape[0], -1).double()).norm(dim=1).mean()
 
 
-def draw_noise(x0: torch.Tensor, generator: torch.Generator, method: str = "exact", knn_k: int = 4,
+def draw_noise(x0: torch.Tensor, generator: torch.Generator | None, method: str = "exact", knn_k: int = 4,
                cost: str = "l2", solver: str = "auto", group=None, world: int = 1, stats: bool = False,
                labels: torch.Tensor | None = None):
     """(noise, info) for the batch x0 (B, C, H, W): the step's Gaussian draw paired by ``method``. ``group``: the
     process group of a global assignment (None: assign this process's batch alone). ``labels`` (B,): the classes
     ``exact_class`` assigns within (required there, ignored by the other methods). ``info`` is None unless
     ``stats``: then a dict of 0-d tensors ``dist_before``/``dist_after`` (mean pair distance of the random draw and of
-    the assigned pairs), ``assign_ms`` and the assignment batch ``assign_batch``."""
+    the assigned pairs), ``assign_ms`` and the assignment batch ``assign_batch``. The draw has x0's floating dtype,
+    on the generator's device (x0's without a generator), then moves to x0's device."""
     if method not in METHODS:
         raise ValueError(f"unknown noise method {method!r}; choose one of {METHODS}")
     if method == "exact_class" and labels is None:
         raise ValueError("method 'exact_class' assigns within each class: it needs the batch's labels (a "
                          "class-conditional run); use 'exact' for unlabelled data")
-    noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+    device = generator.device if generator is not None else x0.device
+    dtype = x0.dtype if x0.is_floating_point() else None
+    noise = torch.randn(x0.shape, generator=generator, device=device, dtype=dtype).to(x0.device)
     start = time.perf_counter()
     batch = x0.shape[0]
     if method == "vanilla":
