@@ -95,11 +95,14 @@ def test_one_default_profile_for_every_entry_point(tmp_path):
     assert U.setup(params=str(path)).profile == "smoke" and U.setup("cpu", params=str(path)).profile == "cpu"
     assert consistency_train.run_settings(str(path))[0].steps == \
         consistency_train.run_settings(str(path), "paper")[0].steps
-    del params["last_step"]["profile"], params["assignment_overhead"]["repeats"]
+    params["ablation"]["profile"] = "smoke"               # the last-step comparison runs at the ablation's profile
     path.write_text(yaml.safe_dump(params))
-    with pytest.raises(ValueError, match=r"last_step.profile is not set; pass a profile \(--profile\) or set"):
+    assert last_step.setup(params=str(path)).profile == "smoke"
+    del params["ablation"]["profile"], params["assignment_overhead"]["repeats"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ValueError, match=r"ablation.profile is not set; pass a profile \(--profile\) or set"):
         last_step.setup(params=str(path))
-    assert group_profile(str(path), "last_step", "smoke") == "smoke"
+    assert group_profile(str(path), "ablation", "smoke") == "smoke"
     with pytest.raises(ValueError, match=r"assignment_overhead lacks \['repeats'\]"):
         group_values(str(path), "assignment_overhead", ("profile", "batch_sizes", "steps", "repeats"))
 

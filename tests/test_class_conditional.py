@@ -126,7 +126,7 @@ def test_bad_class_settings_give_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_experiment_end_to_end(tmp_path):
+def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     dataset = make_image_folder(tmp_path / "two", per_class=24, size=16)
     path = write_params(tmp_path, class_conditional=dict(dataset=str(dataset), seeds=[0, 1], profile="smoke"))
     exp = K.setup("smoke", params=str(path), data_dir=str(tmp_path / "data"),
@@ -153,6 +153,16 @@ def test_smoke_experiment_end_to_end(tmp_path):
     metrics = json.loads((Path(exp.output_dir) / "metrics" / "class_conditional.json").read_text())
     assert set(metrics) == {"exact", "exact_class", "knn"}
     assert tables["training"].steps.eq(6).all()
+    noise = pd.read_csv(exp.table("sampling_noise"))     # the last snapshot of seed 0, with 2 other sample seeds
+    assert len(noise) == 4 * 2 and set(noise.step) == {6} and set(noise.seed) == {0}
+    assert set(noise.sample_seed) == {20_000, 21_000}
+    again = fid[(fid.step == 6) & (fid.seed == 0)].set_index("method").fd   # another noise: another FD
+    assert not np.allclose(noise[noise.sample_seed == 20_000].set_index("method").fd[again.index], again)
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+    monkeypatch.setattr(K, "sample_images", no_sampling)   # cached: read back, not sampled again
+    pd.testing.assert_frame_equal(K.sampling_noise(exp), tables["sampling_noise"])
+    monkeypatch.undo()
     import papermill as pm
     pm.execute_notebook(str(ROOT / "notebooks" / "class_conditional.ipynb"), str(tmp_path / "executed.ipynb"),
                         parameters=dict(profile="smoke", params=str(path), checkpoint_dir=exp.checkpoint_dir,

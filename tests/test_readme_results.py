@@ -2,11 +2,17 @@
 files the pipeline wrote, and the README's and docs' tables of GPU measurements are their tables, cell by cell.
 
 Each "### ..." section of docs/results.md names its tables (``results/tables/<name>.csv``, wildcards allowed). Every
-number with two or more decimals in the section must be, at the precision written, a value of those tables: a cell,
+number with a decimal point in the section (a one-decimal speed ratio such as "2.4x" excepted: a ratio of two cells)
+must be, at the precision written, a value of those tables: a cell,
 a seed mean or standard deviation per method and step, the paired interval of any two methods of a
 fid table, a percentage or a ms -> s conversion of one, the distance
 change of a training table, a number of the generated report, or a setting in params.yaml. Numbers quoted from the
 papers are listed below with their source; anything else fails the test with the section and the number.
+
+What this can resolve: a number is matched against every value the tables hold, so a wrong number that happens to
+equal another cell passes (for one-decimal numbers in these sections that is 25-70% of random numbers in their
+range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
+timing, overhead, throughput and GPU tables cell by cell.
 """
 import re
 from pathlib import Path
@@ -18,7 +24,7 @@ import yaml
 from immiscible.evaluation.statistics import paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
-NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d{2,}(?!\d)")
+NUMBER = re.compile(r"(?<![\w.])[+-]?\d+\.\d+(?!\d)")
 TABLE = re.compile(r"([a-z0-9_]+(?:_\*)?)\.csv")
 GROUP_KEYS = ("arm", "variant", "method", "step", "sample_steps", "noise", "t")
 
@@ -90,7 +96,10 @@ def _unmatched(text: str, values: np.ndarray, quoted: dict) -> list[str]:
     missing = []
     for m in NUMBER.finditer(text):
         written = m.group(0)
-        if text[m.end():m.end() + 1] == "M" or written.lstrip("+") in quoted:   # "1.05M" parameters; quotes
+        after = text[m.end():m.end() + 1]
+        if after == "M" or written.lstrip("+") in quoted:   # "1.05M" parameters; quotes
+            continue
+        if after == "x" and len(written.split(".")[1]) == 1:   # "2.4x": a ratio of two cells, written to 1 decimal
             continue
         tol = 0.5 * 10 ** -len(written.split(".")[1]) + 1e-9
         if not np.any(np.abs(np.abs(values) - abs(float(written))) <= tol):
@@ -125,6 +134,7 @@ def test_the_check_catches_a_number_that_is_not_in_the_tables():
     values = _values(files)
     assert _unmatched(text, values, {}) == []
     assert _unmatched(text + " a changed value: -1.61%", values, {}) == ["-1.61"]
+    assert _unmatched(text + " one decimal: -987.6 ms, a ratio: 9.9x", values, {}) == ["-987.6"]
 
 
 def _table_after(marker: str) -> list[str]:
@@ -345,3 +355,39 @@ def test_the_assignment_timing_table_is_the_stage_table():
     """docs/results.md's timing table is results/tables/assignment_timing.csv, cell by cell."""
     d = pd.read_csv(ROOT / "results" / "tables" / "assignment_timing.csv")
     assert _table_after("| B | paper | **exact** (`auction`, default)") == assignment_timing_markdown(d)
+
+
+def assignment_overhead_markdown(d: pd.DataFrame) -> list[str]:
+    """docs/performance.md's overhead table from results/tables/assignment_overhead.csv."""
+    lines = ["| batch | vanilla | exact, inline | exact, background thread | assignment per step (share of a step) |",
+             "| --- | --- | --- | --- | --- |"]
+    for B, rows in d.groupby("batch_size"):
+        r = rows.set_index(["method", "assignment_runs"])
+        van, inline, thread = r.loc[("vanilla", "inline")], r.loc[("exact", "inline")], r.loc[("exact", "thread")]
+        lines.append(f"| {B} | {van.seconds_per_step:.3f} s | {inline.seconds_per_step:.3f} s "
+                     f"(**{inline.ratio_vs_vanilla:.3f}**, {inline.ratio_min:.2f}-{inline.ratio_max:.2f}) | "
+                     f"{thread.seconds_per_step:.3f} s ({thread.ratio_vs_vanilla:.3f}, {thread.ratio_min:.2f}-"
+                     f"{thread.ratio_max:.2f}) | {_ms(inline.assign_ms)} ({100 * inline.assign_share:.1f}%) |")
+    return lines
+
+
+THROUGHPUT_ROWS = {"default": "default (fp32, NCHW, 2 threads: what the runs use)", "channels_last": "`channels_last`",
+                   "compile": "`torch.compile` (inductor)", "threads=1": "1 thread"}
+
+
+def training_throughput_markdown(d: pd.DataFrame) -> list[str]:
+    """docs/performance.md's CPU-settings table from results/tables/training_throughput.csv."""
+    lines = ["| variant | steps/s | ratio to default (range) |", "| --- | --- | --- |"]
+    for _, r in d.iterrows():
+        ratio = "1" if r.variant == "default" else f"{r.ratio_vs_default:.2f} ({r.ratio_min:.2f}-{r.ratio_max:.2f})"
+        lines.append(f"| {THROUGHPUT_ROWS[r.variant]} | {r.steps_per_s:.2f} | {ratio} |")
+    return lines
+
+
+def test_the_cpu_performance_tables_are_the_stage_tables():
+    """docs/performance.md's overhead and CPU-settings tables are the DVC stages' tables, cell by cell."""
+    tables = ROOT / "results" / "tables"
+    assert _table_after("| batch | vanilla | exact, inline |") == \
+        assignment_overhead_markdown(pd.read_csv(tables / "assignment_overhead.csv"))
+    assert _table_after("| variant | steps/s | ratio to default (range) |") == \
+        training_throughput_markdown(pd.read_csv(tables / "training_throughput.csv"))

@@ -73,9 +73,10 @@ def reference_by_class(exp: E.Experiment, extractor, ref: np.ndarray) -> dict[in
     return {int(c): feature_stats(ref[labels == c]) for c in np.unique(labels)}
 
 
-def evaluate(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
-    """FD (all samples and per class), KID and conditioning accuracy of every EMA snapshot (cached as in the
-    unconditional experiment: by weights, every evaluation parameter, extractor and reference)."""
+def measurer(exp: E.Experiment, device: str | None = None):
+    """(name_of, measure) of the evaluation loop for points (method, seed, step, snapshot, is the last[, sample
+    seed]): FD (all samples and per class), KID and conditioning accuracy of one EMA snapshot, sampled from the given
+    sample seed (default: the run's, the same initial noise for every method of a pair)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = S.extractor_for(exp, device)
     ref, ref_key = S.reference_features(exp, extractor)
@@ -84,15 +85,17 @@ def evaluate(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
     predict = class_predictor(exp, device)
     labels = sample_labels(e.num_samples, exp.train.num_classes)
 
+    def seed_of(point):
+        return point[5] if len(point) > 5 else S.sample_seed(point[1])
+
     def name_of(point):
-        method, seed, step, path, last = point
-        return S.eval_key(path, exp, ext_key, ref_key, S.sample_seed(seed))
+        return S.eval_key(point[3], exp, ext_key, ref_key, seed_of(point))
 
     def measure(point):
-        method, seed, step, path, last = point
+        method, seed, step, path, last = point[:5]
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
         images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
-                               seed=S.sample_seed(seed), device=device, progress=e.progress, labels=labels,
+                               seed=seed_of(point), device=device, progress=e.progress, labels=labels,
                                guidance_scale=e.guidance_scale)
         feats = extractor(images)
         per_class = [frechet_distance(feats[labels == c], stats) for c, stats in per_class_ref.items()]
@@ -100,16 +103,34 @@ def evaluate(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
         if last:  # per class, the first grid_per_class samples: rows of the figure
             order = np.concatenate([np.flatnonzero(labels == c)[:e.grid_per_class] for c in per_class_ref])
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[order])
-        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
-                "reference": S.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
-                "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
-                "fd": frechet_distance(feats, ref_stats),
-                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-                "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
-                "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
-                "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
+        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
+               "reference": S.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
+               "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
+               "fd": frechet_distance(feats, ref_stats),
+               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+               "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
+               "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
+               "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
+        return row if len(point) == 5 else {**row, "sample_seed": seed_of(point)}
+    return name_of, measure
 
+
+def evaluate(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
+    """FD (all samples and per class), KID and conditioning accuracy of every EMA snapshot (cached as in the
+    unconditional experiment: by weights, every evaluation parameter, extractor and reference)."""
+    name_of, measure = measurer(exp, device)
     return S.evaluate_snapshots(exp, S.snapshots_to_evaluate(exp), name_of, measure)
+
+
+def sampling_noise(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
+    """The last snapshot of each method's first seed scored with ``eval.sampling_repeats`` other sample seeds
+    (``<name>_sampling_noise.csv``, cached like the evaluation): the paired sampling noise the report adds to the
+    intervals of this experiment. An empty table when ``sampling_repeats`` is 0."""
+    if not exp.eval.sampling_repeats:
+        return pd.DataFrame()
+    name_of, measure = measurer(exp, device)
+    return S.evaluate_snapshots(exp, S.sampling_noise_points(exp), name_of, measure,
+                                sort=("method", "seed", "step", "sample_seed"), table="sampling_noise")
 
 
 VALUES = ("fd", "kid", "fd_class_mean", "class_error")
@@ -133,7 +154,8 @@ def evaluate_all(exp: E.Experiment) -> dict[str, pd.DataFrame]:
     E.write_csv(paired, exp.table("paired"))
     summary, seeds = S.efficiency_tables(exp, fid)
     S.write_metrics(exp, fid, paired[paired.baseline == "vanilla"], summary, training)
-    return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds}
+    return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds,
+            "sampling_noise": sampling_noise(exp)}
 
 
 def main(argv=None) -> None:

@@ -16,7 +16,7 @@ from dataclasses import replace
 
 import pandas as pd
 
-from immiscible.config import from_dict, load_profile, group_profile, to_dict
+from immiscible.config import from_dict, group_profile, load_profile, to_dict
 from immiscible.experiments import ablation as A, experiment as E, unconditional as U
 
 GROUP = "last_step"
@@ -28,7 +28,7 @@ def setup(profile: str | None = None, params: str = "params.yaml", data_dir: str
     """The comparison of params.yaml's ``last_step`` group: its ``variants`` of the ablation arm ``arm`` (all the
     ablation's seeds), at the ablation's profile; predictions go to ``checkpoint_dir``, the table and figure to
     ``output_dir`` as ``<arm>_last_step``."""
-    profile = group_profile(params, GROUP, profile)
+    profile = group_profile(params, A.GROUP, profile)   # the ablation's profile: its runs are compared
     group, p = load_profile(params, GROUP, profile)
     arm_name, variants = group.get("arm", "flow"), tuple(group.get("variants", ("vanilla", "exact")))
     ab = A.setup(profile, params=params, dataset=dataset, data_dir=data_dir, checkpoint_dir=ablation_dir)

@@ -3,8 +3,8 @@
 
     python -m immiscible.experiments.plot_tables      # results/plots/<name>.csv from results/tables (DVC stage)
 
-Each table is a pivot of a result table: the mean over seeds of one metric, indexed by training step (or batch size).
-Nothing is computed that the result tables do not hold.
+Each table (params.yaml ``plot_tables.tables``) is a pivot of a result table: the mean over seeds of one metric,
+indexed by training step (or batch size). Nothing is computed that the result tables do not hold.
 """
 from __future__ import annotations
 
@@ -14,21 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from immiscible.config import group_values
 from immiscible.io import atomic_write_text
-
-# name: (source table, index, how a line is named from its rows' columns, value)
-PLOT_TABLES = {
-    "unconditional_fd": ("unconditional_fid", "step", "{method}", "fd"),
-    "unconditional_fd_gap": ("unconditional_paired", "step", "{method} - {baseline}", "fd_diff_mean"),
-    "unconditional_loss": ("unconditional_loss", "step", "{method}", "loss"),
-    "consistency_fd": ("consistency_fid", "step", "{method} {sample_steps}-step", "fd"),
-    "class_conditional_accuracy": ("class_conditional_fid", "step", "{method}", "class_accuracy"),
-    "class_conditional_fd": ("class_conditional_fid", "step", "{method}", "fd"),
-    "finetuning_fd": ("finetuning_fid", "step", "{method}", "fd"),
-    "distance_reduction": ("distance_reduction", "batch_size", "{representation}", "delta_mean_distance_pct"),
-    "assignment_timing": ("assignment_timing", "batch_size", "{method}", "total_ms"),
-}
-
 
 def wide(table: pd.DataFrame, index: str, line: str, value: str) -> pd.DataFrame:
     """The mean of ``value`` per ``index`` (rows) and per line (columns named by the format string ``line`` from the
@@ -44,11 +31,13 @@ def wide(table: pd.DataFrame, index: str, line: str, value: str) -> pd.DataFrame
     return out.reset_index()
 
 
-def write_plot_tables(results: str | Path = "results") -> list[Path]:
-    """Every table of PLOT_TABLES whose source exists, as results/plots/<name>.csv; returns the files written."""
+def write_plot_tables(tables: dict, results: str | Path = "results") -> list[Path]:
+    """Each of ``tables`` ({name: {source, index, line, value}}: params.yaml's ``plot_tables.tables``) whose source
+    results/tables/<source>.csv exists, as results/plots/<name>.csv; returns the files written."""
     results = Path(results)
     written = []
-    for name, (source, index, line, value) in PLOT_TABLES.items():
+    for name, spec in tables.items():
+        source, index, line, value = (spec[k] for k in ("source", "index", "line", "value"))
         path = results / "tables" / f"{source}.csv"
         if not path.exists():
             continue
@@ -61,8 +50,9 @@ def write_plot_tables(results: str | Path = "results") -> list[Path]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description="Wide per-method tables for `dvc plots` from the result tables.")
     p.add_argument("--results", default="results")
+    p.add_argument("--params", default="params.yaml")
     a = p.parse_args(argv)
-    for path in write_plot_tables(a.results):
+    for path in write_plot_tables(group_values(a.params, "plot_tables", ("tables",))["tables"], a.results):
         print(path)
 
 

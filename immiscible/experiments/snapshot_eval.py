@@ -51,13 +51,13 @@ def extractor_key(extractor) -> str:
 
 def evaluate_snapshots(exp: Experiment, points: Sequence[tuple], name_of: Callable[[tuple], str],
                        measure: Callable[[tuple], dict], sort: Sequence[str] = ("method", "seed", "step"),
-                       unit: str = "snapshot") -> pd.DataFrame:
+                       unit: str = "snapshot", table: str = "fid") -> pd.DataFrame:
     """The evaluation loop of every experiment. ``points``: (method, seed, step, snapshot path, is the run's last
     snapshot, *what else the experiment varies), e.g. ``snapshots_to_evaluate(exp)``. For each point, the row
     cached in ``exp.eval_dir/<method>-<seed>/step<step>-<name_of(point)>.json`` if it exists; else the row of an
     earlier point with the same name (the same weights scored the same way: fine-tuning's step 0 in every run),
     with the point's method, seed and step; else ``measure(point)``, which samples and scores the snapshot (and
-    saves what the figures show). Writes and returns the fid table, sorted by ``sort``."""
+    saves what the figures show). Writes and returns the experiment's ``table`` (the fid table), sorted by ``sort``."""
     rows, done = [], {}
     for point in tqdm(points, desc="evaluate", unit=unit, disable=not exp.eval.progress):
         method, seed, step = point[:3]
@@ -70,9 +70,24 @@ def evaluate_snapshots(exp: Experiment, points: Sequence[tuple], name_of: Callab
             atomic_write_text(cache, json.dumps(row, indent=1) + "\n")  # last: its presence marks the point done
         rows.append(row)
         done[name] = row
-    table = pd.DataFrame(rows).sort_values(list(sort)).reset_index(drop=True)
-    write_csv(table, exp.table("fid"))
-    return table
+    frame = pd.DataFrame(rows).sort_values(list(sort)).reset_index(drop=True)
+    write_csv(frame, exp.table(table))
+    return frame
+
+
+def sampling_noise_points(exp: Experiment) -> list[tuple]:
+    """(method, seed, step, snapshot path, False, sample seed): the last evaluated snapshot of each method's first
+    seed, once for each of ``eval.sampling_repeats`` other sample seeds (20000 + 1000 r + seed, as the unconditional
+    table): how much of the FD spread comes from drawing the samples (the report's sampling floor)."""
+    seed, points = exp.seeds[0], []
+    for method in exp.methods:
+        snaps = {s: p for s, p in list_snapshots(exp.run_dir(method, seed)).items() if exp.evaluates(s)}
+        if not snaps:
+            raise FileNotFoundError(f"no EMA snapshots in {exp.run_dir(method, seed)}: train the runs first")
+        step = max(snaps)
+        points += [(method, seed, step, snaps[step], False, 20_000 + 1000 * r + seed)
+                   for r in range(exp.eval.sampling_repeats)]
+    return points
 
 
 def reference_split(extractor) -> str:
