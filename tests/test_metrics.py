@@ -38,6 +38,23 @@ def test_proxy_classifier_trains_caches_and_extracts(tmp_path):
         get_extractor("fancy")
 
 
+def test_proxy_classifier_training_is_bitwise_reproducible(tmp_path):
+    """The same config and data give the same weights (same machine and thread count): a retrained classifier
+    cannot move the FD levels by itself; another seed gives other weights."""
+    from safetensors.torch import load_file
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(128) % 2
+    images = torch.randint(0, 255, (128, 3, 8, 8), generator=g, dtype=torch.uint8)
+    weights = []
+    for i, seed in enumerate((0, 0, 1)):
+        cfg = ClassifierConfig(dataset="toy", resolution=8, epochs=2, batch_size=32, width=8, feature_dim=8,
+                               seed=seed, out_dir=str(tmp_path / str(i)), progress=False)
+        train_classifier(cfg, images, labels)
+        weights.append(load_file(str(classifier_dir(tmp_path / str(i), "toy", 8) / "classifier.safetensors")))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
 @pytest.mark.parametrize("objective", ["eps", "flow"])
 def test_sampling_shapes_and_grid(tmp_path, objective):
     cfg = from_dict(TrainConfig, {"resolution": 8, "objective": objective})

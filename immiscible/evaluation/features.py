@@ -59,7 +59,7 @@ class ProxyClassifier(nn.Module):
 class ClassifierConfig:
     dataset: str = "cifar10"
     data_dir: str = "data"
-    resolution: int = 16          # must equal the diffusion runs' resolution
+    resolution: int = 32          # must equal the diffusion runs' (TrainConfig's default; experiments pass theirs)
     num_images: int = 0           # 0: whole train split
     epochs: int = 4
     batch_size: int = 128
