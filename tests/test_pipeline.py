@@ -109,3 +109,29 @@ def test_no_stage_writes_into_another_stages_outputs(stages):
             clash = [n for p, n in owner.items() if p == path or p in path.parents or path in p.parents]
             assert not clash, f"{name} writes {path}, which {clash} also outputs"
             owner[path] = name
+
+
+def test_the_run_folders_dvc_tracks_are_the_ones_the_code_reads(stages):
+    """dvc.yaml writes each run folder's path in its train stage's outs; the experiments find runs through
+    ``run_dir`` (and their evaluation cache through ``eval_dir``): both must name the same folders."""
+    from immiscible.experiments import (ablation_train, class_conditional, consistency, finetuning,
+                                        unconditional)
+    experiments = {"unconditional": unconditional.setup(params=str(ROOT / "params.yaml")),
+                   "consistency": consistency.setup(params=str(ROOT / "params.yaml")),
+                   "class_conditional": class_conditional.setup(params=str(ROOT / "params.yaml")),
+                   "finetuning": finetuning.setup(params=str(ROOT / "params.yaml")),
+                   "ablation": ablation_train.setup(params=str(ROOT / "params.yaml"))}
+    checked = 0
+    for name, stage in stages.items():
+        group, _, item = name.partition("@")
+        exp = experiments.get(group.removeprefix("train_")) if group.startswith("train_") else None
+        if exp is None:
+            continue
+        run, _, seed = item.rpartition("-")
+        outs = {Path(o.def_path) for o in stage.outs}
+        assert exp.run_dir(run, int(seed)) in outs, f"{name}: writes {outs}, the code reads {exp.run_dir(run, int(seed))}"
+        checked += 1
+    assert checked >= 40
+    for group in ("unconditional", "consistency", "class_conditional", "finetuning"):
+        outs = {Path(o.def_path) for o in stages[f"evaluate_{group}"].outs}
+        assert Path(experiments[group].eval_dir) in outs, group
