@@ -117,14 +117,16 @@ def test_every_result_section_names_tables_that_exist():
             assert list((ROOT / "results" / "tables").glob(f"{name}.csv")), f"{title!r}: no {name}.csv"
 
 
-def test_every_number_of_the_result_sections_is_in_the_result_files():
-    problems = {}
+def _section_inputs():
+    """(title, text, the tables the section names, the numbers it quotes) for each section of docs/results.md."""
     for title, text in _sections():
         files = sorted({p for name in TABLE.findall(text) for p in (ROOT / "results" / "tables").glob(f"{name}.csv")})
-        quoted = next((q for prefix, q in QUOTED.items() if title.startswith(prefix)), {})
-        missing = _unmatched(text, _values(files), quoted)
-        if missing:
-            problems[title] = missing
+        yield title, text, files, next((q for prefix, q in QUOTED.items() if title.startswith(prefix)), {})
+
+
+def test_every_number_of_the_result_sections_is_in_the_result_files():
+    problems = {title: missing for title, text, files, quoted in _section_inputs()
+                if (missing := _unmatched(text, _values(files), quoted))}
     assert not problems, f"README numbers not found in the result files: {problems}"
 
 
@@ -287,13 +289,8 @@ def _unmatched_intervals(text: str, rows: np.ndarray, quoted: dict = {}) -> list
 def test_every_interval_of_the_result_sections_is_one_row_of_the_tables():
     """An interval is checked as a whole: its estimate and both ends come from one row (one comparison at one step),
     not three numbers found anywhere."""
-    problems = {}
-    for title, text in _sections():
-        files = sorted({p for name in TABLE.findall(text) for p in (ROOT / "results" / "tables").glob(f"{name}.csv")})
-        quoted = next((q for prefix, q in QUOTED.items() if title.startswith(prefix)), {})
-        missing = _unmatched_intervals(text, _interval_rows(files), quoted)
-        if missing:
-            problems[title] = missing
+    problems = {title: missing for title, text, files, quoted in _section_inputs()
+                if (missing := _unmatched_intervals(text, _interval_rows(files), quoted))}
     assert not problems, f"intervals that are no row of the section's tables: {problems}"
 
 

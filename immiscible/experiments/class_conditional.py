@@ -9,7 +9,7 @@ conditioning accuracy (the share of samples the held-out proxy classifier puts i
 differences against vanilla (and ``exact_class`` against ``exact``) and steps-to-target as in the unconditional
 experiment.
 
-    python -m immiscible.evaluation.features --group class_conditional --out-dir checkpoints/classifier-class_conditional
+    python -m immiscible.experiments.class_conditional classifier
     python -m immiscible.engine --group class_conditional --profile cpu --method exact_class --seed 0 --output-dir ...
     python -m immiscible.experiments.class_conditional evaluate
 """

@@ -7,7 +7,7 @@ params.yaml's ``consistency`` group holds ``dataset``, ``methods``, ``seeds``, `
 ``eval`` and ``classifier``. The noise of each batch is drawn and assigned by the engine on the clean images, once,
 before any noise level scales it; the consistency loss builds both points of the pair from it.
 
-    python -m immiscible.evaluation.features --group consistency --out-dir checkpoints/classifier-consistency
+    python -m immiscible.experiments.consistency classifier                      # DVC classifier_consistency
     python -m immiscible.experiments.consistency_train --method exact --seed 0   # DVC train_consistency@exact-0
     python -m immiscible.experiments.consistency evaluate                        # DVC evaluate_consistency
 """

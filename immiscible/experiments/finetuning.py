@@ -11,7 +11,7 @@ Metrics per method, seed and snapshot (step 0 is the pretrained model): FD and K
 fine-tuning classes, and ``fd_source``, the FD of the same samples against the pretraining classes (how far the
 model has moved from where it started).
 
-    python -m immiscible.evaluation.features --group finetuning --out-dir checkpoints/classifier-finetuning
+    python -m immiscible.experiments.finetuning classifier
     python -m immiscible.experiments.finetuning_train pretrain
     python -m immiscible.experiments.finetuning_train finetune --method exact --seed 0
     python -m immiscible.experiments.finetuning evaluate
