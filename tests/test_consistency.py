@@ -192,7 +192,7 @@ def smoke_experiment(tmp_path: Path, seeds=(0, 1, 2), **consistency):
 
 
 @pytest.mark.slow
-def test_smoke_experiment_end_to_end(tmp_path):
+def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     exp = smoke_experiment(tmp_path)
     train_classifier(exp.classifier)
     X.train_all(exp)
@@ -216,6 +216,19 @@ def test_smoke_experiment_end_to_end(tmp_path):
             assert (exp.eval_dir / f"samples-{m}-0-{k}step.npy").exists()
     training = tables["training"]
     assert (training[training.method == "exact"].dist_after < training[training.method == "exact"].dist_before).all()
+    # the sampling floor: seed 0's last snapshot, per sampler, with 2 other sample seeds; another noise, another FD
+    noise = pd.read_csv(exp.table("sampling_noise"))
+    assert len(noise) == len(exp.methods) * 2 * 2 and set(noise.step) == {6} and set(noise.seed) == {0}
+    assert set(noise.sample_seed) == {20_000, 21_000} and set(noise.sample_steps) == {1, 2}
+    for k in (1, 2):
+        run = fid[(fid.step == 6) & (fid.seed == 0) & (fid.sample_steps == k)].set_index("method").fd
+        other = noise[(noise.sample_seed == 20_000) & (noise.sample_steps == k)].set_index("method").fd
+        assert not np.allclose(other[run.index], run)
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+    monkeypatch.setattr(X, "consistency_samples", no_sampling)   # cached: read back, not sampled again
+    pd.testing.assert_frame_equal(X.sampling_noise(exp), tables["sampling_noise"])
+    monkeypatch.undo()
     # the notebook only reads these tables and samples, and draws the figures
     import papermill as pm
     before = {p: p.stat().st_mtime_ns for p in (Path(exp.output_dir) / "tables").glob("*.csv")}

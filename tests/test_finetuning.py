@@ -4,6 +4,7 @@ class subsets, resumption never crosses other starting weights, the bad inputs, 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -136,7 +137,7 @@ def test_bad_experiment_settings_give_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_smoke_experiment_end_to_end(tmp_path):
+def test_smoke_experiment_end_to_end(tmp_path, monkeypatch):
     exp, path = _smoke(tmp_path)
     assert exp.pretrain.classes == (0,) and exp.train.classes == (1,)
     assert exp.train.init_from == str(exp.pretrain_dir)
@@ -161,6 +162,16 @@ def test_smoke_experiment_end_to_end(tmp_path):
     assert paper.loc["knn", "ours_fd"] == pytest.approx(final["knn"], rel=1e-5)
     assert tables["pretrain"].steps.iloc[0] == 6 and tables["training"].steps.eq(4).all()
     assert json.loads((Path(exp.output_dir) / "metrics" / "finetuning.json").read_text()).keys() == {"exact", "knn"}
+    noise = tables["sampling_noise"]   # seed 0's last snapshot with 2 other sample seeds: another noise, another FD
+    assert len(noise) == 3 * 2 and set(noise.step) == {4} and set(noise.seed) == {0}
+    assert set(noise.sample_seed) == {20_000, 21_000}
+    run = fid[(fid.step == 4) & (fid.seed == 0)].set_index("method").fd
+    assert not np.allclose(noise[noise.sample_seed == 20_000].set_index("method").fd[run.index], run)
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled again")
+    monkeypatch.setattr(F, "sample_images", no_sampling)   # cached: read back, not sampled again
+    pd.testing.assert_frame_equal(F.sampling_noise(exp), noise)
+    monkeypatch.undo()
 
     # a run that did not start from the pretrained weights is refused
     snap = list_snapshots(exp.run_dir("exact", 1))[0]

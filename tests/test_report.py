@@ -274,3 +274,25 @@ def test_the_measured_sampling_floor_widens_the_interval_that_decides():
     assert f"sd {floor:.3f} measured" in row["sampling floor"]
     flow = rows["flow matching: KNN beats vanilla (follow-up)"]
     assert flow["_floor"] is None and flow["sampling floor"].startswith("not measured (with the unconditional")
+
+
+def test_each_consistency_sampler_gets_its_own_sampling_floor():
+    """consistency exact - vanilla: the floor of the 1-step rows comes from the 1-step repeats only, the 2-step's
+    from the 2-step repeats; a table without rows (sampling_repeats 0) gives no floor."""
+    rows = {r["claim"]: r for r in R.build_rows(ROOT / "results")}
+    noise = pd.read_csv(ROOT / "results" / "tables" / "consistency_sampling_noise.csv")
+    floors = []
+    for k in (1, 2):
+        wide = noise[noise.sample_steps == k].pivot(index="sample_seed", columns="method", values="fd")
+        floors.append((wide.exact - wide.vanilla).std(ddof=1))
+        assert rows[f"3x faster consistency training, CIFAR-10 ({k}-step sampling)"]["_floor"] == \
+            pytest.approx(floors[-1])
+    assert floors[0] != pytest.approx(floors[1])
+    assert R.sampling_floor(ROOT / "results", "consistency", sample_steps=3) is None
+
+
+def test_an_empty_sampling_noise_table_means_no_floor(tmp_path):
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame(columns=["method", "seed", "step", "sample_seed", "fd", "kid"]).to_csv(
+        tmp_path / "tables" / "finetuning_sampling_noise.csv", index=False)
+    assert R.sampling_floor(tmp_path, "finetuning") is None

@@ -85,17 +85,14 @@ def measurer(exp: E.Experiment, device: str | None = None):
     predict = class_predictor(exp, device)
     labels = sample_labels(e.num_samples, exp.train.num_classes)
 
-    def seed_of(point):
-        return point[5] if len(point) > 5 else S.sample_seed(point[1])
-
     def name_of(point):
-        return S.eval_key(point[3], exp, ext_key, ref_key, seed_of(point))
+        return S.eval_key(point[3], exp, ext_key, ref_key, S.point_sample_seed(point))
 
     def measure(point):
         method, seed, step, path, last = point[:5]
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
         images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
-                               seed=seed_of(point), device=device, progress=e.progress, labels=labels,
+                               seed=S.point_sample_seed(point), device=device, progress=e.progress, labels=labels,
                                guidance_scale=e.guidance_scale)
         feats = extractor(images)
         per_class = [frechet_distance(feats[labels == c], stats) for c, stats in per_class_ref.items()]
@@ -111,7 +108,7 @@ def measurer(exp: E.Experiment, device: str | None = None):
                "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
                "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
                "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
-        return row if len(point) == 5 else {**row, "sample_seed": seed_of(point)}
+        return row if len(point) == 5 else {**row, "sample_seed": S.point_sample_seed(point)}
     return name_of, measure
 
 
@@ -125,12 +122,8 @@ def evaluate(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
 def sampling_noise(exp: E.Experiment, device: str | None = None) -> pd.DataFrame:
     """The last snapshot of each method's first seed scored with ``eval.sampling_repeats`` other sample seeds
     (``<name>_sampling_noise.csv``, cached like the evaluation): the paired sampling noise the report adds to the
-    intervals of this experiment. An empty table when ``sampling_repeats`` is 0."""
-    if not exp.eval.sampling_repeats:
-        return pd.DataFrame()
-    name_of, measure = measurer(exp, device)
-    return S.evaluate_snapshots(exp, S.sampling_noise_points(exp), name_of, measure,
-                                sort=("method", "seed", "step", "sample_seed"), table="sampling_noise")
+    intervals of this experiment. Without rows when ``sampling_repeats`` is 0."""
+    return S.evaluate_sampling_noise(exp, *measurer(exp, device))
 
 
 VALUES = ("fd", "kid", "fd_class_mean", "class_error")

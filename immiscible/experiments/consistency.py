@@ -31,6 +31,7 @@ from immiscible.experiments.experiment import (Experiment, methods_and_seeds, tr
                                                write_training_tables)
 from immiscible.experiments.snapshot_eval import (efficiency_frames, evaluate_snapshots, extractor_for, extractor_key,
                                                   paired_frame, reference_features, reference_split, sample_seed,
+                                                  evaluate_sampling_noise, sampling_noise_points,
                                                   snapshots_to_evaluate)
 from immiscible.experiments.consistency_train import GROUP, run_settings, train_run, train_runs_side_by_side
 from immiscible.io import atomic_save_npy, atomic_write_text
@@ -47,6 +48,8 @@ class ConsistencyEvalConfig:
     kid_subsets: int = 50
     kid_subset_size: int = 1000
     grid_size: int = 64                    # final samples kept per run and sampler for the figures
+    sampling_repeats: int = 0              # FD of the final snapshots of the first seed, per sampler, with this
+                                           # many other sample seeds: how much of the spread is sampling noise
     progress: bool = True
 
 
@@ -96,7 +99,7 @@ def eval_key(snapshot: Path, exp: ConsistencyExperiment, extractor_key: str, ref
              num_steps: int) -> str:
     """What a row depends on: snapshot weights, the evaluation and sampling settings, extractor and reference."""
     e = to_dict(exp.eval)
-    for key in ("progress", "grid_size", "sample_steps"):
+    for key in ("progress", "grid_size", "sample_steps", "sampling_repeats"):
         e.pop(key)
     parts = {"snapshot_sha256": snapshot_digest(snapshot), "eval": e, "extractor": extractor_key,
              "reference": ref_key, "sample_seed": sample_seed, "num_steps": num_steps,
@@ -105,35 +108,53 @@ def eval_key(snapshot: Path, exp: ConsistencyExperiment, extractor_key: str, ref
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def evaluate(exp: ConsistencyExperiment, device: str | None = None) -> pd.DataFrame:
-    """FD and KID of one- and two-step samples of every EMA snapshot of every run (cached by ``eval_key``)."""
+def measurer(exp: ConsistencyExperiment, device: str | None = None):
+    """(name_of, measure) of the evaluation loop for points (method, seed, step, snapshot, is the last, sampling
+    steps[, sample seed]): FD and KID of one- or two-step samples of one EMA snapshot, drawn from the given sample
+    seed (default: the run's, the same initial noise for every method of a pair)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = extractor_for(exp, device)
     ref, ref_key = reference_features(exp, extractor)
     ref_stats, ext_key, e = feature_stats(ref), extractor_key(extractor), exp.eval
-    todo = [(*snapshot, k) for snapshot in snapshots_to_evaluate(exp) for k in e.sample_steps]
+
+    def seed_of(point):
+        return point[6] if len(point) > 6 else sample_seed(point[1])
 
     def name_of(point):
-        method, seed, step, path, last, k = point
-        return f"{k}step-{eval_key(path, exp, ext_key, ref_key, sample_seed(seed), k)}"
+        return f"{point[5]}step-{eval_key(point[3], exp, ext_key, ref_key, seed_of(point), point[5])}"
 
     def measure(point):
-        method, seed, step, path, last, k = point
+        method, seed, step, path, last, k = point[:6]
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
         images = consistency_samples(model, exp.consistency, e.num_samples, cfg.resolution, k, e.sample_batch_size,
-                                     seed=sample_seed(seed), device=device)
+                                     seed=seed_of(point), device=device)
         feats = extractor(images)
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}-{k}step.npy", images[:e.grid_size])
-        return {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
-                "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
-                "num_ref": len(ref), "fd": frechet_distance(feats, ref_stats),
-                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-                "model": cfg.model, "resolution": cfg.resolution}
+        row = {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
+               "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
+               "num_ref": len(ref), "fd": frechet_distance(feats, ref_stats),
+               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+               "model": cfg.model, "resolution": cfg.resolution}
+        return row if len(point) == 6 else {**row, "sample_seed": seed_of(point)}
+    return name_of, measure
 
-    return evaluate_snapshots(exp, todo, name_of, measure, sort=("sample_steps", "method", "seed", "step"),
+
+def evaluate(exp: ConsistencyExperiment, device: str | None = None) -> pd.DataFrame:
+    """FD and KID of one- and two-step samples of every EMA snapshot of every run (cached by ``eval_key``)."""
+    todo = [(*snapshot, k) for snapshot in snapshots_to_evaluate(exp) for k in exp.eval.sample_steps]
+    return evaluate_snapshots(exp, todo, *measurer(exp, device), sort=("sample_steps", "method", "seed", "step"),
                               unit="point")
+
+
+def sampling_noise(exp: ConsistencyExperiment, device: str | None = None) -> pd.DataFrame:
+    """The last snapshot of each method's first seed sampled with ``eval.sampling_repeats`` other sample seeds, for
+    each sampler (``consistency_sampling_noise.csv``, cached like the evaluation): the paired sampling noise the
+    report adds to this experiment's intervals. Without rows when ``sampling_repeats`` is 0."""
+    points = [(*p[:5], k, p[5]) for p in sampling_noise_points(exp) for k in exp.eval.sample_steps]
+    return evaluate_sampling_noise(exp, *measurer(exp, device), points=points,
+                                   sort=("sample_steps", "method", "seed", "step", "sample_seed"))
 
 
 def per_sampler(fid: pd.DataFrame, frame) -> list[pd.DataFrame]:
@@ -178,7 +199,8 @@ def evaluate_all(exp: ConsistencyExperiment) -> dict[str, pd.DataFrame]:
     write_csv(summary, exp.table("efficiency"))
     write_csv(seeds, exp.table("efficiency_seeds"))
     write_metrics(exp, paired, summary, training)
-    return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds}
+    return {"fid": fid, "training": training, "paired": paired, "efficiency": summary, "efficiency_seeds": seeds,
+            "sampling_noise": sampling_noise(exp)}
 
 
 # ----------------------------------------------------------------------------- command line

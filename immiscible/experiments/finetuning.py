@@ -120,12 +120,11 @@ def check_common_start(exp: FinetuneExperiment) -> str:
     return expected
 
 
-def evaluate(exp: FinetuneExperiment, device: str | None = None) -> pd.DataFrame:
-    """FD and KID against the fine-tuning classes and FD against the pretraining classes of every EMA snapshot
-    (cached by weights, evaluation parameters, extractor, references and sample seed; identical snapshots with the
-    same sample seed, as every run's step 0, are evaluated once)."""
+def measurer(exp: FinetuneExperiment, device: str | None = None):
+    """(name_of, measure) of the evaluation loop for points (method, seed, step, snapshot, is the last[, sample
+    seed]): FD and KID against the fine-tuning classes and FD against the pretraining classes of one EMA snapshot,
+    sampled from the given sample seed (default: the run's, the same initial noise for every method of a pair)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_common_start(exp)
     extractor = S.extractor_for(exp, device)
     ref, ref_key = reference_features(exp, extractor, exp.train.classes)
     source, source_key = reference_features(exp, extractor, exp.pretrain.classes)
@@ -133,30 +132,44 @@ def evaluate(exp: FinetuneExperiment, device: str | None = None) -> pd.DataFrame
     ext_key = S.extractor_key(extractor)
 
     def name_of(point):
-        method, seed, step, path, last = point
-        return S.eval_key(path, exp, ext_key, ref_key + "|" + source_key, S.sample_seed(seed))
+        return S.eval_key(point[3], exp, ext_key, ref_key + "|" + source_key, S.point_sample_seed(point))
 
     def measure(point):  # (identical weights with the same sample seed, as every run's step 0, are scored once)
-        method, seed, step, path, last = point
+        method, seed, step, path, last = point[:5]
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
         images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
-                               seed=S.sample_seed(seed), device=device, progress=e.progress)
+                               seed=S.point_sample_seed(point), device=device, progress=e.progress)
         feats = extractor(images)
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
-        if step == 0 and method == exp.methods[0] and seed == exp.seeds[0]:
+        if step == 0 and method == exp.methods[0] and seed == exp.seeds[0] and len(point) == 5:
             atomic_save_npy(exp.eval_dir / "samples-pretrained.npy", images[:e.grid_size])
-        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
-                "metric": extractor.label, "reference": S.reference_split(extractor),
-                "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
-                "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
-                "fd": frechet_distance(feats, ref_stats),
-                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-                "fd_source": frechet_distance(feats, source_stats),
-                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-                "model": cfg.model, "resolution": cfg.resolution}
+        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
+               "metric": extractor.label, "reference": S.reference_split(extractor),
+               "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
+               "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
+               "fd": frechet_distance(feats, ref_stats),
+               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+               "fd_source": frechet_distance(feats, source_stats),
+               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+               "model": cfg.model, "resolution": cfg.resolution}
+        return row if len(point) == 5 else {**row, "sample_seed": S.point_sample_seed(point)}
+    return name_of, measure
 
-    return S.evaluate_snapshots(exp, S.snapshots_to_evaluate(exp), name_of, measure)
+
+def evaluate(exp: FinetuneExperiment, device: str | None = None) -> pd.DataFrame:
+    """FD and KID against the fine-tuning classes and FD against the pretraining classes of every EMA snapshot
+    (cached by weights, evaluation parameters, extractor, references and sample seed; identical snapshots with the
+    same sample seed, as every run's step 0, are evaluated once)."""
+    check_common_start(exp)
+    return S.evaluate_snapshots(exp, S.snapshots_to_evaluate(exp), *measurer(exp, device))
+
+
+def sampling_noise(exp: FinetuneExperiment, device: str | None = None) -> pd.DataFrame:
+    """The last snapshot of each method's first seed scored with ``eval.sampling_repeats`` other sample seeds
+    (``finetuning_sampling_noise.csv``, cached like the evaluation): the paired sampling noise the report adds to
+    this experiment's intervals. Without rows when ``sampling_repeats`` is 0."""
+    return S.evaluate_sampling_noise(exp, *measurer(exp, device))
 
 
 def paired_frame(fid: pd.DataFrame) -> pd.DataFrame:
@@ -213,7 +226,7 @@ def evaluate_all(exp: FinetuneExperiment) -> dict[str, pd.DataFrame]:
     E.write_csv(paper, exp.table("paper"))
     S.write_metrics(exp, fid, paired, summary, training)
     return {"fid": fid, "training": training, "pretrain": pretrain, "paired": paired, "efficiency": summary,
-            "efficiency_seeds": seeds, "paper": paper}
+            "efficiency_seeds": seeds, "paper": paper, "sampling_noise": sampling_noise(exp)}
 
 
 def main(argv=None) -> None:

@@ -169,11 +169,15 @@ def interval_row(claim: str, paper: str, ours: str, setting: str, mean: float, l
             "_floor": floor_sd if floor_sd is not None and np.isfinite(floor_sd) else None, "_fd": fd}
 
 
-def sampling_floor(results: Path, name: str, method: str = "exact", baseline: str = "vanilla") -> float | None:
-    """The paired sampling sd of ``method`` - ``baseline`` from ``<name>_sampling_noise.csv`` (None: not measured)."""
+def sampling_floor(results: Path, name: str, method: str = "exact", baseline: str = "vanilla",
+                   sample_steps: int | None = None) -> float | None:
+    """The paired sampling sd of ``method`` - ``baseline`` from ``<name>_sampling_noise.csv`` (None: not measured);
+    ``sample_steps``: that sampler's rows only (consistency)."""
     t = _table(results, f"{name}_sampling_noise")
-    if t is None:
+    if t is None or t.empty:
         return None
+    if sample_steps is not None:
+        t = t[t.sample_steps == sample_steps]
     sd = paired_sampling_sd(t, method, baseline)
     return sd if np.isfinite(sd) else None
 
@@ -308,7 +312,7 @@ def experiment_rows(results: Path, name: str) -> list[dict]:
             claim, paper, claimed = CLAIMS.get((name, row.method, row.baseline), (
                 f"{row.method} - {row.baseline}, {name.replace('_', '-')} (measured pair, no claim)", "-", None))
             setting = EXPERIMENT_SETTINGS[name].format(steps=int(row.step), seeds=int(row.n_pairs))
-            floor = sampling_floor(results, name, row.method, row.baseline) if k is None else None
+            floor = sampling_floor(results, name, row.method, row.baseline, k)
             rows.append(speedup_row(claim.format(k=k), paper, setting, row, e_sub, claimed, floor_sd=floor))
     return rows
 

@@ -90,6 +90,26 @@ def sampling_noise_points(exp: Experiment) -> list[tuple]:
     return points
 
 
+def point_sample_seed(point: tuple) -> int:
+    """The sample seed of an evaluation point: its last element for a ``sampling_noise_points`` point (6 elements),
+    else the run's (``sample_seed``)."""
+    return point[5] if len(point) > 5 else sample_seed(point[1])
+
+
+def evaluate_sampling_noise(exp: Experiment, name_of: Callable[[tuple], str], measure: Callable[[tuple], dict],
+                   points: Sequence[tuple] | None = None,
+                   sort: Sequence[str] = ("method", "seed", "step", "sample_seed")) -> pd.DataFrame:
+    """The experiment's ``<name>_sampling_noise.csv``: ``evaluate_snapshots`` over ``points`` (default
+    ``sampling_noise_points``), cached like the evaluation; the paired sampling noise the report adds to this
+    experiment's intervals; written without rows when ``eval.sampling_repeats`` is 0."""
+    if not exp.eval.sampling_repeats:
+        frame = pd.DataFrame(columns=[*sort, "fd", "kid"])
+        write_csv(frame, exp.table("sampling_noise"))
+        return frame
+    points = sampling_noise_points(exp) if points is None else points
+    return evaluate_snapshots(exp, points, name_of, measure, sort=sort, table="sampling_noise")
+
+
 def reference_split(extractor) -> str:
     """The proxy's classifier saw the training images: its reference is the held-out test split."""
     return "train" if extractor.name == "inception" else "test"
