@@ -12,7 +12,9 @@ papers are listed below with their source; anything else fails the test with the
 What this can resolve: a number is matched against every value the tables hold, so a wrong number that happens to
 equal another cell passes (for one-decimal numbers in these sections that is 25-70% of random numbers in their
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
-timing, overhead, throughput and GPU tables cell by cell.
+tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
+experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
+and paired interval at its method, sampler and step). What remains matched loosely is the prose between the tables.
 """
 import re
 from pathlib import Path
@@ -388,3 +390,128 @@ def test_the_cpu_performance_tables_are_the_stage_tables():
         assignment_overhead_markdown(pd.read_csv(tables / "assignment_overhead.csv"))
     assert _table_after("| variant | steps/s | ratio to default (range) |") == \
         training_throughput_markdown(pd.read_csv(tables / "training_throughput.csv"))
+
+
+# ----------------------------------------------------------------------------- the experiments' tables, cell by cell
+
+def _mean_sd(fid: pd.DataFrame, method: str, digits: int = 2, sd: bool = True):
+    def cell(step):
+        f = fid[(fid.method == method) & (fid.step == step)].fd
+        return f"{f.mean():.{digits}f} +- {f.std(ddof=1):.{digits}f}" if sd else f"{f.mean():.{digits}f}"
+    return cell
+
+
+def _diff(paired: pd.DataFrame, method: str, baseline: str = "vanilla", value: str = "fd", digits: int = 2,
+          better: bool = True, scale: float = 1.0, zero_at_start: bool = False):
+    """The paired interval of ``value`` method - baseline at a step, as the docs write it ("+1.65 [+1.08, +2.23]",
+    then "0/3" seeds better); ``scale`` -100 turns a class-error difference into accuracy points."""
+    def cell(step):
+        if zero_at_start and step == 0:
+            return "0"
+        r = paired[(paired.method == method) & (paired.baseline == baseline) & (paired.step == step)].iloc[0]
+        ends = sorted((scale * r[f"{value}_diff_ci_low"], scale * r[f"{value}_diff_ci_high"]))
+        text = f"{scale * r[f'{value}_diff_mean']:+.{digits}f} [{ends[0]:+.{digits}f}, {ends[1]:+.{digits}f}]"
+        return text + (f" {int(r[f'{value}_n_better'])}/{int(r.n_pairs)}" if better else "")
+    return cell
+
+
+def experiment_markdown(header: list[str], steps: list[int], rows: list[tuple]) -> list[str]:
+    """A docs table of one experiment: the header, then per row its label and one cell per step."""
+    lines = ["| " + " | ".join(header) + " |", "| --- " * len(header) + "|"]
+    return lines + ["| " + " | ".join([label] + [cell(s) for s in steps]) + " |" for label, cell in rows]
+
+
+def _docs_table(marker: str) -> tuple[list[str], list[str], list[int]]:
+    """(lines without bold, header cells, the steps of the header) of the docs/results.md table whose header line
+    starts with ``marker`` (the whole header when it ends with "|")."""
+    page = [x.strip() for x in (ROOT / "docs" / "results.md").read_text().splitlines()]
+    first = next(i for i, x in enumerate(page) if (x == marker if marker.endswith("|") else x.startswith(marker)))
+    end = next(i for i in range(first, len(page)) if not page[i].startswith("|"))
+    lines = [x.replace("**", "") for x in page[first:end]]
+    header = _cells(lines[0])
+    return lines, header, [int(re.search(r"\d+", h).group(0)) for h in header[1:]]
+
+
+def _tables(name: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    t = ROOT / "results" / "tables"
+    return pd.read_csv(t / f"{name}_fid.csv"), pd.read_csv(t / f"{name}_paired.csv")
+
+
+def _same(written: list[str], generated: list[str]) -> None:
+    """Every line of a docs table equals the generated one (all differing lines in the message)."""
+    diff = [(w, g) for w, g in zip(written, generated) if w != g]
+    assert len(written) == len(generated) and not diff, "docs vs tables:\n" + "\n".join(f"{w}\n{g}" for w, g in diff)
+
+
+def test_the_experiment_tables_of_the_docs_are_the_result_tables():
+    """docs/results.md's unconditional, consistency, class-conditional and fine-tuning tables, cell by cell: every
+    mean, sd and paired interval is the named cell of its table at the header's step (bold is presentation)."""
+    fid, paired = _tables("unconditional")
+    kid = fid.rename(columns={"fd": "fd_", "kid": "fd"})
+    lines, header, steps = _docs_table("| step | 400 | 800 | 1200 | 1600 | 2000 |")
+    def better(step):
+        r = paired[(paired.method == "exact") & (paired.step == step)].iloc[0]
+        return f"{int(r.n_better)}/{int(r.n_pairs)}"
+    _same(lines, experiment_markdown(header, steps, [
+        ("vanilla, proxy FD (mean +- sd over 3 seeds)", _mean_sd(fid, "vanilla")),
+        ("immiscible (exact), proxy FD", _mean_sd(fid, "exact")),
+        ("paired difference exact - vanilla (95% paired-t interval)", _diff(paired, "exact", better=False)),
+        ("seeds where immiscible is better", better),
+        ("vanilla, KID (mean)", _mean_sd(kid, "vanilla", 3, sd=False)),
+        ("immiscible (exact), KID", _mean_sd(kid, "exact", 3, sd=False)),
+        ("paired KID difference (95% interval)", _diff(paired, "exact", value="kid", digits=3, better=False))]))
+
+    fid, paired = _tables("consistency")
+    lines, header, steps = _docs_table("| step | 400 | 800 | 1200 |")
+    rows = []
+    for k, name in ((1, "one-step"), (2, "two-step")):
+        f, p = fid[fid.sample_steps == k], paired[paired.sample_steps == k]
+        rows += [(f"{name} vanilla" + (", proxy FD (mean +- sd, 3 seeds)" if k == 1 else ""), _mean_sd(f, "vanilla")),
+                 (f"{name} exact", _mean_sd(f, "exact")),
+                 (f"{name} knn" + (" (k=4)" if k == 1 else ""), _mean_sd(f, "knn")),
+                 (f"{name} exact - vanilla" + (" (95% paired t; seeds better)" if k == 1 else ""),
+                  _diff(p, "exact")),
+                 (f"{name} knn - vanilla", _diff(p, "knn"))]
+    _same(lines, experiment_markdown(header, steps, rows))
+
+    fid, paired = _tables("class_conditional")
+    lines, header, steps = _docs_table("| step | 200 | 400 | 600 | 800 |")
+    def fd_accuracy(method):
+        def cell(step):
+            f = fid[(fid.method == method) & (fid.step == step)]
+            return f"{f.fd.mean():.2f} / {100 * f.class_accuracy.mean():.1f}%"
+        return cell
+    def accuracy(method, baseline="vanilla"):
+        return _diff(paired, method, baseline, "class_error", 1, better=False, scale=-100)
+    _same(lines, experiment_markdown(header, steps, [
+        ("vanilla: proxy FD / accuracy (mean of 3 seeds)", fd_accuracy("vanilla")),
+        ("exact (class-blind)", fd_accuracy("exact")), ("exact_class (class-aware)", fd_accuracy("exact_class")),
+        ("knn (k=4)", fd_accuracy("knn")),
+        ("exact - vanilla, FD (95% paired t; seeds better)", _diff(paired, "exact")),
+        ("exact - vanilla, accuracy (points)", accuracy("exact")),
+        ("exact_class - vanilla, FD", _diff(paired, "exact_class")),
+        ("exact_class - vanilla, per-class FD (paired difference only, see above)",
+         _diff(paired, "exact_class", value="fd_class_mean", better=False)),
+        ("exact_class - vanilla, accuracy (points)", accuracy("exact_class")),
+        ("knn - vanilla, FD", _diff(paired, "knn")),
+        ("exact_class - exact, FD", _diff(paired, "exact_class", "exact")),
+        ("exact_class - exact, accuracy (points)", accuracy("exact_class", "exact"))]))
+
+    fid, paired = _tables("finetuning")
+    lines, header, steps = _docs_table("| proxy FD to the new classes (mean of 3 seeds)")
+    _same(lines, experiment_markdown(header, steps, [
+        ("vanilla", _mean_sd(fid, "vanilla", sd=False)),
+        ("exact (linear assignment)", _mean_sd(fid, "exact", sd=False)),
+        ("knn (k = 4)", _mean_sd(fid, "knn", sd=False)),
+        ("exact - vanilla (95% paired t; seeds better)", _diff(paired, "exact", zero_at_start=True)),
+        ("knn - vanilla", _diff(paired, "knn", zero_at_start=True))]))
+
+
+def test_the_experiment_table_check_catches_a_changed_cell():
+    fid, paired = _tables("finetuning")
+    lines, header, steps = _docs_table("| proxy FD to the new classes (mean of 3 seeds)")
+    rows = [("vanilla", _mean_sd(fid, "vanilla", sd=False))]
+    assert experiment_markdown(header, steps, rows)[2] == lines[2]
+    paired = paired.assign(fd_diff_ci_high=paired.fd_diff_ci_high + 0.01)
+    assert experiment_markdown(header, steps, [("knn - vanilla", _diff(paired, "knn", zero_at_start=True))])[2] != \
+        lines[-1]
