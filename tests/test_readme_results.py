@@ -326,7 +326,7 @@ def _ms(x: float) -> str:
     return f"{x / 1000:.1f} s" if x < 10000 else f"{x / 1000:.0f} s"
 
 
-TIMING_COLUMNS = {"exact": "**exact** (`auction`, default)", "exact_threads": "exact, `auction` on 2 threads",
+TIMING_COLUMNS = {"exact": "**exact** (`auction`, default)", "exact_threads": "exact, `auction` on every core (2 here)",
                   "exact_jv": "exact, `jv`", "exact_lap": "exact, `lap`",
                   "exact_scipy": "exact, scipy on the raw L2 matrix", "quantized": "quantized (official variant)",
                   "greedy": "greedy", "knn": "KNN, k=64 (not a permutation)"}
