@@ -29,9 +29,9 @@ from immiscible.evaluation.features import EXTRACTORS, ClassifierConfig
 from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.experiments.experiment import (Experiment, methods_and_seeds, training_table, write_csv,
                                                write_training_tables)
-from immiscible.experiments.snapshot_eval import (efficiency_frames, evaluate_snapshots, extractor_for, extractor_key,
-                                                  paired_frame, reference_features, reference_split, sample_seed,
-                                                  evaluate_sampling_noise, sampling_noise_points,
+from immiscible.experiments.snapshot_eval import (efficiency_frames, evaluate_sampling_noise, evaluate_snapshots,
+                                                  extractor_for, extractor_key, paired_frame, point_sample_seed,
+                                                  reference_features, reference_split, sampling_noise_points,
                                                   snapshots_to_evaluate)
 from immiscible.experiments.consistency_train import GROUP, run_settings, train_run, train_runs_side_by_side
 from immiscible.io import atomic_save_npy, atomic_write_text
@@ -117,8 +117,8 @@ def measurer(exp: ConsistencyExperiment, device: str | None = None):
     ref, ref_key = reference_features(exp, extractor)
     ref_stats, ext_key, e = feature_stats(ref), extractor_key(extractor), exp.eval
 
-    def seed_of(point):
-        return point[6] if len(point) > 6 else sample_seed(point[1])
+    def seed_of(point):   # the sampler is element 5, a repeat's sample seed element 6
+        return point_sample_seed(point, at=6)
 
     def name_of(point):
         return f"{point[5]}step-{eval_key(point[3], exp, ext_key, ref_key, seed_of(point), point[5])}"

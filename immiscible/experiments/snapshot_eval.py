@@ -90,15 +90,16 @@ def sampling_noise_points(exp: Experiment) -> list[tuple]:
     return points
 
 
-def point_sample_seed(point: tuple) -> int:
-    """The sample seed of an evaluation point: its last element for a ``sampling_noise_points`` point (6 elements),
-    else the run's (``sample_seed``)."""
-    return point[5] if len(point) > 5 else sample_seed(point[1])
+def point_sample_seed(point: tuple, at: int = 5) -> int:
+    """The sample seed of an evaluation point: its element ``at`` where the point has one (a
+    ``sampling_noise_points`` point: 5; consistency's, which carry the sampler before it: 6), else the run's
+    (``sample_seed``)."""
+    return point[at] if len(point) > at else sample_seed(point[1])
 
 
 def evaluate_sampling_noise(exp: Experiment, name_of: Callable[[tuple], str], measure: Callable[[tuple], dict],
-                   points: Sequence[tuple] | None = None,
-                   sort: Sequence[str] = ("method", "seed", "step", "sample_seed")) -> pd.DataFrame:
+                            points: Sequence[tuple] | None = None,
+                            sort: Sequence[str] = ("method", "seed", "step", "sample_seed")) -> pd.DataFrame:
     """The experiment's ``<name>_sampling_noise.csv``: ``evaluate_snapshots`` over ``points`` (default
     ``sampling_noise_points``), cached like the evaluation; the paired sampling noise the report adds to this
     experiment's intervals; written without rows when ``eval.sampling_repeats`` is 0."""
