@@ -138,6 +138,17 @@ def test_ablation_end_to_end_with_its_notebook(tmp_path):
     assert np.isclose(c.ratio_of_ratios_mean, np.exp(per_seed.mean())) and c.n_pairs == 2
     assert set(tables["contrasts"].arm) == {"px8", "flow"}
     assert (Path(exp.output_dir) / "figures" / "ablation.png").stat().st_size > 1000
+    # each arm's sampling noise: the first seed's snapshot at the ablation step, once per other sample seed (smoke: 2),
+    # the same sample seeds in every arm; a repeat's FD differs from the run's own evaluation (other draws)
+    noise = tables["sampling_noise"]
+    assert len(noise) == 2 * len(fid[fid.seed == 0])
+    assert set(noise.seed) == {0} and set(noise.step) == {3}
+    assert set(zip(noise.arm, noise.variant)) == set(zip(fid.arm, fid.variant))
+    assert noise.groupby("arm").sample_seed.apply(frozenset).nunique() == 1
+    assert np.allclose(noise.log_fd, np.log(noise.fd))
+    own = fid[fid.seed == 0].set_index(["arm", "variant"]).fd
+    assert not np.allclose(noise.groupby(["arm", "variant"]).fd.mean().loc[own.index], own)
+    assert pd.read_csv(exp.table("sampling_noise")).shape == noise.shape
 
     pm.execute_notebook(str(ROOT / "notebooks" / "ablation.ipynb"), str(tmp_path / "nb.ipynb"),
                         parameters=dict(output_dir=exp.output_dir), kernel_name="python3", progress_bar=False)

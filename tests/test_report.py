@@ -189,6 +189,38 @@ def test_ablation_rows_follow_the_rules(tmp_path, diffs, contrast, expected):
     assert got == expected
 
 
+def test_the_ablation_rows_add_their_own_arms_measured_sampling_floor(tmp_path):
+    """Each ablation row adds the paired sampling sd of its own arm and variant (ablation_sampling_noise.csv); a
+    contrast between arms adds the sd of its double difference of log FD over the sample seeds both arms drew."""
+    diffs = {("base", "exact"): (1.0, 0.9, 1.1), ("base", "knn8"): (-1.0, -1.1, -0.9),
+             ("flow", "knn8"): (-0.32, -0.33, -0.31), ("px8", "exact"): (2.0, 1.9, 2.1)}
+    _ablation_tables(tmp_path, diffs, (1.1, 1.09, 1.11))
+    rows = {r["claim"]: r for r in R.judge(R.ablation_rows(tmp_path))}
+    flow, dim = rows["flow matching: KNN beats vanilla (follow-up)"], next(
+        r for c, r in rows.items() if c.startswith("hypothesis: the cost of immiscible training here grows"))
+    assert flow["_floor"] is None and dim["_floor"] is None     # no sampling-noise table: not measured
+    rng = np.random.default_rng(0)
+    noise = pd.DataFrame([{"arm": arm, "variant": variant, "seed": 0, "step": 800, "sample_seed": 20_000 + 1000 * r,
+                           "fd": 10 + rng.normal(0, 0.3)} for arm, variants in (("base", ("vanilla", "exact", "knn8")),
+                                                                            ("flow", ("vanilla", "knn8")),
+                                                                            ("px8", ("vanilla", "exact")))
+                          for variant in variants for r in range(4)]).assign(log_fd=lambda d: np.log(d.fd))
+    noise.to_csv(tmp_path / "tables" / "ablation_sampling_noise.csv", index=False)
+    w = noise.pivot_table(index="sample_seed", columns=["arm", "variant"], values="fd")
+    lw = np.log(w)
+    rows = {r["claim"]: r for r in R.judge(R.ablation_rows(tmp_path))}
+    flow, dim = rows["flow matching: KNN beats vanilla (follow-up)"], next(
+        r for c, r in rows.items() if c.startswith("hypothesis: the cost of immiscible training here grows"))
+    assert flow["_floor"] == pytest.approx((w["flow", "knn8"] - w["flow", "vanilla"]).std(ddof=1))
+    contrast = (lw["px8", "exact"] - lw["px8", "vanilla"]) - (lw["base", "exact"] - lw["base", "vanilla"])
+    assert dim["_floor"] == pytest.approx(contrast.std(ddof=1))
+    knn8 = rows["KNN beats vanilla at k=8 (follow-up's k sweep, DDIM CIFAR-10)"]
+    assert knn8["_floor"] == pytest.approx((w["base", "knn8"] - w["base", "vanilla"]).std(ddof=1))
+    # the floor widens the interval that decides: flow's [-0.33, -0.31] cannot stay narrower than its sampling noise
+    low, high = flow["_decided"]
+    assert high - low > 2 * flow["_floor"] and flow["sampling floor"].startswith(f"sd {flow['_floor']:.3f} measured")
+
+
 def _fid_table(gap_slopes: dict, steps=(200, 400, 800, 1600)) -> pd.DataFrame:
     """vanilla and ``method`` runs of 3 seeds whose paired gap is 2 + b ln(step / 200), b per seed from
     ``gap_slopes`` {method: (b0, b1, b2)}."""
@@ -272,8 +304,13 @@ def test_the_measured_sampling_floor_widens_the_interval_that_decides():
     assert row["_decided"] == pytest.approx((d.mean() - half, d.mean() + half))
     assert row["_p"] == pytest.approx(2 * stats.t.sf(abs(d.mean()) / se, len(d) - 1))
     assert f"sd {floor:.3f} measured" in row["sampling floor"]
-    flow = rows["flow matching: KNN beats vanilla (follow-up)"]
-    assert flow["_floor"] is None and flow["sampling floor"].startswith("not measured (with the unconditional")
+    # a row whose experiment measured no floor says so, and shows (FD rows only) what the unconditional floor gives
+    fd_row, other = R.interval_row("c", "-", "-", "-", -1.0, -1.5, -0.5, 3), R.interval_row(
+        "d", "-", "-", "-", -1.0, -1.5, -0.5, 3, fd=False)
+    R.judge([fd_row, other], reference_floor=floor)
+    assert fd_row["_floor"] is None and fd_row["sampling floor"].startswith(
+        f"not measured (with the unconditional setting's sd {floor:.3f}: [")
+    assert other["sampling floor"] == "not measured"
 
 
 def test_each_consistency_sampler_gets_its_own_sampling_floor():

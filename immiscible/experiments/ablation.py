@@ -15,7 +15,9 @@ noise draws; ``ablation_train``):
 
 The coupling strength of each run is measured on its own training batches (the engine logs the image-noise
 distance before and after the assignment). FD is compared within an arm (each resolution has its own proxy
-classifier); across arms, the ratio method / vanilla of FD (a paired interval on the log) is comparable.
+classifier); across arms, the ratio method / vanilla of FD (a paired interval on the log) is comparable. Each arm
+also scores its first seed's snapshots with ``eval.sampling_repeats`` other sample seeds (the same in every arm): the
+paired sampling noise the report adds to each row's interval, a contrast's measured on the same draws.
 
     python -m immiscible.experiments.ablation classifier   # DVC classifier_ablation: proxy classifiers (other sizes)
     python -m immiscible.experiments.ablation evaluate     # DVC evaluate_ablation: every table and the figure
@@ -151,6 +153,22 @@ def evaluate_runs(exp: AblationExperiment) -> pd.DataFrame:
     return fid[first + [c for c in fid.columns if c not in first]]
 
 
+def sampling_noise_runs(exp: AblationExperiment) -> pd.DataFrame:
+    """Per arm, the ablation step's snapshot of each run's first seed scored with ``eval.sampling_repeats`` other
+    sample seeds (``unconditional.sampling_noise`` of the arm, cached like the evaluation), with the arm, variant and
+    log FD: the paired sampling noise the report adds to each arm's intervals. The arms share the sample seeds, so
+    the noise of a contrast between arms is measured on the same draws."""
+    frames = []
+    for arm, a in exp.arms.items():
+        table = U.sampling_noise(a)
+        variants = {r: T.parse_run(r, exp.ablation.arms)[1] for r in a.methods}
+        frames.append(table.rename(columns={"method": "run"}).assign(arm=arm, variant=lambda d: d.run.map(variants)))
+    noise = pd.concat(frames, ignore_index=True)
+    noise["log_fd"] = np.log(noise.fd.astype(float))
+    first = ["arm", "variant", "run", "seed", "step", "sample_seed"]
+    return noise[first + [c for c in noise.columns if c not in first]]
+
+
 def paired_frame(fid: pd.DataFrame, coupling: pd.DataFrame) -> pd.DataFrame:
     """Per arm, variant and step: method - vanilla of FD and KID (paired t over seeds), the FD ratio method/vanilla
     (exp of the paired interval of log FD: comparable across arms), and the coupling strength of the variant."""
@@ -254,11 +272,13 @@ def evaluate_all(exp: AblationExperiment) -> dict[str, pd.DataFrame]:
     fid = evaluate_runs(exp)
     paired = paired_frame(fid, coupling)
     contrasts = contrast_frame(fid)
-    for name, table in (("fid", fid), ("training", coupling), ("paired", paired), ("contrasts", contrasts)):
+    noise = sampling_noise_runs(exp)
+    for name, table in (("fid", fid), ("training", coupling), ("paired", paired), ("contrasts", contrasts),
+                        ("sampling_noise", noise)):
         E.write_csv(table, exp.table(name))
     plot_ablation(paired, Path(exp.output_dir) / "figures" / f"{GROUP}.png")
     write_metrics(exp, paired)
-    return {"fid": fid, "training": coupling, "paired": paired, "contrasts": contrasts}
+    return {"fid": fid, "training": coupling, "paired": paired, "contrasts": contrasts, "sampling_noise": noise}
 
 
 def summary(paired: pd.DataFrame) -> pd.DataFrame:

@@ -170,15 +170,34 @@ def interval_row(claim: str, paper: str, ours: str, setting: str, mean: float, l
 
 
 def sampling_floor(results: Path, name: str, method: str = "exact", baseline: str = "vanilla",
-                   sample_steps: int | None = None) -> float | None:
+                   sample_steps: int | None = None, arm: str | None = None) -> float | None:
     """The paired sampling sd of ``method`` - ``baseline`` from ``<name>_sampling_noise.csv`` (None: not measured);
-    ``sample_steps``: that sampler's rows only (consistency)."""
+    ``sample_steps``: that sampler's rows only (consistency); ``arm``: that arm's rows, its variants the methods
+    (the ablation)."""
     t = _table(results, f"{name}_sampling_noise")
     if t is None or t.empty:
         return None
     if sample_steps is not None:
         t = t[t.sample_steps == sample_steps]
+    if arm is not None:
+        t = t[t.arm == arm].assign(method=lambda d: d.variant)
     sd = paired_sampling_sd(t, method, baseline)
+    return sd if np.isfinite(sd) else None
+
+
+def contrast_floor(results: Path, arm: str, reference: str, variant: str) -> float | None:
+    """The sampling sd of an ablation contrast on the log scale: log(FD variant / vanilla) in ``arm`` - the same in
+    ``reference``, paired by the sample seeds both arms drew (None: not measured)."""
+    t = _table(results, "ablation_sampling_noise")
+    if t is None or t.empty:
+        return None
+    ratios = []
+    for a in (arm, reference):
+        wide = t[t.arm == a].pivot_table(index=["seed", "step", "sample_seed"], columns="variant", values="log_fd")
+        if variant not in wide or "vanilla" not in wide:
+            return None
+        ratios.append((wide[variant] - wide["vanilla"]).rename("log_ratio").reset_index().assign(method=a))
+    sd = paired_sampling_sd(pd.concat(ratios, ignore_index=True), arm, reference, value="log_ratio")
     return sd if np.isfinite(sd) else None
 
 
@@ -446,7 +465,8 @@ def ablation_rows(results: Path) -> list[dict]:
                                      f"6.63", f"FD {r.variant} - vanilla at step {step}: {_interval(r)} (distance "
                                      f"{r.distance_change_pct:+.2f}%)", f"16x16 CIFAR-10, the unconditional setting "
                                      f"at step {step}, {int(r.n_pairs)} seeds, proxy FD", r.fd_diff_mean,
-                                     r.fd_diff_ci_low, r.fd_diff_ci_high, r.n_pairs))
+                                     r.fd_diff_ci_low, r.fd_diff_ci_high, r.n_pairs,
+                                     floor_sd=sampling_floor(results, "ablation", r.variant, arm="base")))
         rows.insert(len(rows) - len(per), {
             "claim": "KNN at every k beats vanilla, best near k=8 (follow-up's k sweep, DDIM CIFAR-10)",
             "paper": FOLLOWUP_K_SWEEP,
@@ -461,22 +481,24 @@ def ablation_rows(results: Path) -> list[dict]:
     setting = "16x16 CIFAR-10, rectified flow, Euler sampling, the unconditional setting otherwise"
     for _, r in flow.iterrows():
         ours = f"FD {r.variant} - vanilla at step {step}: {_interval(r)}"
+        floor = sampling_floor(results, "ablation", r.variant, arm="flow")
         if r.variant.startswith("knn"):
             rows.append(interval_row("flow matching: KNN beats vanilla (follow-up)", "FID 3.56 vs vanilla 4.92", ours,
-                                     setting, r.fd_diff_mean, r.fd_diff_ci_low, r.fd_diff_ci_high, r.n_pairs))
+                                     setting, r.fd_diff_mean, r.fd_diff_ci_low, r.fd_diff_ci_high, r.n_pairs,
+                                     floor_sd=floor))
         else:  # the follow-up found linear assignment slightly worse than vanilla with flow matching
             rows.append(interval_row("flow matching: linear assignment does not help (follow-up)",
                                      "FID 5.02 vs vanilla 4.92", ours, setting, r.fd_diff_mean, r.fd_diff_ci_low,
                                      r.fd_diff_ci_high, r.n_pairs, hypothesis_rules(
                                          "not reproduced (better than vanilla here)",
-                                         "reproduced (worse than vanilla)")))
+                                         "reproduced (worse than vanilla)"), floor_sd=floor))
     px8 = last[last.arm == "px8"].assign(n_better=lambda d: d.fd_n_better)
     for _, r in px8.iterrows():   # measured pairs of the dimension ablation (judged as "better than vanilla")
         rows.append(interval_row(f"{r.variant} better than vanilla at 8x8 px (measured pair, no claim)", "-",
                                  f"FD {r.variant} - vanilla at step {step}: {_interval(r)} (distance "
                                  f"{r.distance_change_pct:+.2f}%)", f"the unconditional setting at 8 px, step {step}, "
                                  f"{int(r.n_pairs)} seeds", r.fd_diff_mean, r.fd_diff_ci_low, r.fd_diff_ci_high,
-                                 r.n_pairs))
+                                 r.n_pairs, floor_sd=sampling_floor(results, "ablation", r.variant, arm="px8")))
     if contrasts is not None and len(contrasts):
         for _, c in contrasts[contrasts.arm == "flow"].iterrows():
             lo, hi = c.ratio_of_ratios_ci_low, c.ratio_of_ratios_ci_high
@@ -488,6 +510,7 @@ def ablation_rows(results: Path) -> list[dict]:
                 f"flow over eps {c.ratio_of_ratios_mean:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"the unconditional setting with the eps and the flow objective, step {step}, {int(c.n_pairs)} seeds",
                 *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False, ratio_scale=True,
+                floor_sd=contrast_floor(results, "flow", c.reference, c.variant),
                 rules=hypothesis_rules("supported (cheaper with flow matching)",
                                        "contradicted (costlier with flow matching)")))
         for _, c in contrasts[contrasts.arm == "px8"].iterrows():
@@ -505,6 +528,7 @@ def ablation_rows(results: Path) -> list[dict]:
                 f"{c.ratio_of_ratios_mean:.3f} [{lo:.3f}, {hi:.3f}]",
                 f"the unconditional setting at 8 and 16 px, step {step}, {int(c.n_pairs)} seeds",
                 *np.log([c.ratio_of_ratios_mean, lo, hi]), c.n_pairs, fd=False, ratio_scale=True,
+                floor_sd=contrast_floor(results, "px8", c.reference, c.variant),
                 rules=hypothesis_rules("contradicted (cheaper at 8 px)", "supported (costlier at 8 px)")))
     return rows
 
@@ -553,7 +577,8 @@ def coupling_rows(results: Path, base: pd.DataFrame) -> list[dict]:
                                  f"{exact.distance_change_pct:+.2f}%; FD {k.variant} - exact at step {int(r.step)}: "
                                  f"{_interval(r)}", "16x16 CIFAR-10, the unconditional setting, 3 seeds",
                                  r.fd_diff_mean, r.fd_diff_ci_low, r.fd_diff_ci_high, r.n_pairs,
-                                 hypothesis_rules(if_less, if_more)))
+                                 hypothesis_rules(if_less, if_more),
+                                 floor_sd=sampling_floor(results, "ablation", k.variant, "exact", arm="base")))
     return rows
 
 

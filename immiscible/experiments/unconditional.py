@@ -27,43 +27,50 @@ from immiscible.engine.checkpoints import load_run_model
 from immiscible.evaluation.distances import feature_stats, frechet_distance, kernel_distance
 from immiscible.experiments.cli import experiment_main, standard_commands
 from immiscible.experiments.experiment import Experiment, setup, train_all, write_csv, write_training_tables
-from immiscible.experiments.snapshot_eval import (efficiency_tables, eval_key, evaluate_snapshots, extractor_for,
-                                                  extractor_key, paired_frame, reference_features, reference_split,
-                                                  sample_seed, snapshots_to_evaluate, write_metrics)
+from immiscible.experiments.snapshot_eval import (efficiency_tables, eval_key, evaluate_sampling_noise,
+                                                  evaluate_snapshots, extractor_for, extractor_key, paired_frame,
+                                                  point_sample_seed, reference_features, reference_split,
+                                                  snapshots_to_evaluate, write_metrics)
 from immiscible.io import atomic_save_npy
 from immiscible.noise.assignment import assign_noise
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def evaluate(exp: Experiment, device: str | None = None) -> pd.DataFrame:
-    """FD and KID of every EMA snapshot of every run (``evaluate_snapshots``: cached by ``eval_key``); writes the
-    fid table."""
+def measurer(exp: Experiment, device: str | None = None):
+    """(name_of, measure) of the evaluation loop for points (method, seed, step, snapshot, is the last[, sample
+    seed]): FD and KID of one EMA snapshot, sampled from the given sample seed (default: the run's, the same initial
+    noise for every method of a pair); the last snapshot's first samples are kept for the figure."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # sampling and features on the GPU if any
     extractor = extractor_for(exp, device)
     ref, ref_key = reference_features(exp, extractor)
     ref_stats, ext_key, e = feature_stats(ref), extractor_key(extractor), exp.eval
 
     def name_of(point):
-        method, seed, step, path, last = point
-        return eval_key(path, exp, ext_key, ref_key, sample_seed(seed))
+        return eval_key(point[3], exp, ext_key, ref_key, point_sample_seed(point))
 
     def measure(point):
-        method, seed, step, path, last = point
+        method, seed, step, path, last = point[:5]
         model, cfg = load_run_model(exp.run_dir(method, seed), step)
         images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
-                               seed=sample_seed(seed), device=device, progress=e.progress)
+                               seed=point_sample_seed(point), device=device, progress=e.progress)
         feats = extractor(images)
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
-        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
-                "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
-                "num_ref": len(ref), "sample_steps": e.sample_steps, "fd": frechet_distance(feats, ref_stats),
-                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-                "objective": cfg.objective, "model": cfg.model, "resolution": cfg.resolution}
+        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
+               "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
+               "num_ref": len(ref), "sample_steps": e.sample_steps, "fd": frechet_distance(feats, ref_stats),
+               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+               "objective": cfg.objective, "model": cfg.model, "resolution": cfg.resolution}
+        return row if len(point) == 5 else {**row, "sample_seed": point_sample_seed(point)}
+    return name_of, measure
 
-    return evaluate_snapshots(exp, snapshots_to_evaluate(exp), name_of, measure)
+
+def evaluate(exp: Experiment, device: str | None = None) -> pd.DataFrame:
+    """FD and KID of every EMA snapshot of every run (``evaluate_snapshots``: cached by ``eval_key``); writes the
+    fid table."""
+    return evaluate_snapshots(exp, snapshots_to_evaluate(exp), *measurer(exp, device))
 
 
 def paired_table(exp: Experiment, fid: pd.DataFrame) -> pd.DataFrame:
@@ -119,26 +126,11 @@ def summarize_last_step(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def sampling_noise(exp: Experiment, device: str | None = None) -> pd.DataFrame:
-    """FD/KID of the final snapshot of each method's first seed with ``sampling_repeats`` other sample seeds: the
-    part of the FD spread that comes from drawing ``num_samples`` samples, next to the spread between training seeds
-    (what decides whether more seeds or more samples per snapshot buy more power)."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    extractor = extractor_for(exp, device)
-    ref, _ = reference_features(exp, extractor)
-    ref_stats, e, rows = feature_stats(ref), exp.eval, []
-    seed = exp.seeds[0]
-    for method in exp.methods:
-        model, cfg = load_run_model(exp.run_dir(method, seed))
-        for r in range(e.sampling_repeats):
-            images = sample_images(model, cfg, e.num_samples, e.sample_steps, e.sample_batch_size,
-                                   seed=20_000 + 1000 * r + seed, device=device, progress=e.progress)
-            feats = extractor(images)
-            rows.append({"method": method, "seed": seed, "step": cfg.steps, "sample_seed": 20_000 + 1000 * r + seed,
-                         "num_samples": e.num_samples, "fd": frechet_distance(feats, ref_stats),
-                         "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=cfg.steps)})
-    table = pd.DataFrame(rows, columns=["method", "seed", "step", "sample_seed", "num_samples", "fd", "kid"])
-    write_csv(table, exp.table("sampling_noise"))
-    return table
+    """The last snapshot of each method's first seed scored with ``eval.sampling_repeats`` other sample seeds
+    (``<name>_sampling_noise.csv``, cached like the evaluation): the part of the FD spread that comes from drawing
+    ``num_samples`` samples, next to the spread between training seeds, and the paired sampling noise the report
+    adds to this experiment's intervals. Without rows when ``sampling_repeats`` is 0."""
+    return evaluate_sampling_noise(exp, *measurer(exp, device))
 
 
 def evaluate_all(exp: Experiment) -> dict[str, pd.DataFrame]:
