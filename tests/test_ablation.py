@@ -149,6 +149,10 @@ def test_ablation_end_to_end_with_its_notebook(tmp_path):
     own = fid[fid.seed == 0].set_index(["arm", "variant"]).fd
     assert not np.allclose(noise.groupby(["arm", "variant"]).fd.mean().loc[own.index], own)
     assert pd.read_csv(exp.table("sampling_noise")).shape == noise.shape
+    floors = A.sampling_floors(noise).set_index(["arm", "variant"])
+    w = noise[noise.arm == "flow"].pivot(index="sample_seed", columns="variant", values="fd")
+    assert np.isclose(floors.loc[("flow", "knn4"), "paired_sd_vs_vanilla"], (w.knn4 - w.vanilla).std(ddof=1))
+    assert np.isnan(floors.loc[("flow", "vanilla"), "paired_sd_vs_vanilla"])
 
     pm.execute_notebook(str(ROOT / "notebooks" / "ablation.ipynb"), str(tmp_path / "nb.ipynb"),
                         parameters=dict(output_dir=exp.output_dir), kernel_name="python3", progress_bar=False)

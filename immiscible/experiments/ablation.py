@@ -35,7 +35,7 @@ import pandas as pd
 from immiscible.config import from_dict, group_profile, load_profile, load_yaml_group
 from immiscible.engine.loop import end_distributed
 from immiscible.evaluation.features import ClassifierConfig, train_classifier
-from immiscible.evaluation.statistics import paired_differences, t_interval
+from immiscible.evaluation.statistics import paired_differences, paired_sampling_sd, t_interval
 from immiscible.experiments import ablation_train as T, experiment as E, unconditional as U
 from immiscible.io import atomic_savefig, atomic_write_text
 
@@ -287,6 +287,18 @@ def summary(paired: pd.DataFrame) -> pd.DataFrame:
     cols = ["arm", "variant", "distance_change_pct", "fd_vanilla", "fd_diff_mean", "fd_diff_ci_low",
             "fd_diff_ci_high", "fd_n_better", "n_pairs", "fd_ratio_mean", "fd_ratio_ci_low", "fd_ratio_ci_high"]
     return last[cols].reset_index(drop=True)
+
+
+def sampling_floors(noise: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and variant, from the sampling-noise rows: the mean and sd of FD over the sample seeds and the paired
+    sampling sd of variant - vanilla (the floor the report adds to the row's interval)."""
+    rows = []
+    for (arm, variant), g in noise.groupby(["arm", "variant"], sort=False):
+        sd = np.nan if variant == "vanilla" else paired_sampling_sd(
+            noise[noise.arm == arm].assign(method=lambda d: d.variant), variant, "vanilla")
+        rows.append({"arm": arm, "variant": variant, "sample_seeds": g.sample_seed.nunique(), "fd_mean": g.fd.mean(),
+                     "fd_sd": g.fd.std(ddof=1), "paired_sd_vs_vanilla": sd})
+    return pd.DataFrame(rows, columns=["arm", "variant", "sample_seeds", "fd_mean", "fd_sd", "paired_sd_vs_vanilla"])
 
 
 def main(argv=None) -> None:
