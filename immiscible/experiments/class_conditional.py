@@ -100,7 +100,7 @@ def measurer(exp: E.Experiment, device: str | None = None):
         if last:  # per class, the first grid_per_class samples: rows of the figure
             order = np.concatenate([np.flatnonzero(labels == c)[:e.grid_per_class] for c in per_class_ref])
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[order])
-        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
+        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
                "reference": S.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
                "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
                "fd": frechet_distance(feats, ref_stats),
@@ -108,7 +108,6 @@ def measurer(exp: E.Experiment, device: str | None = None):
                "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
                "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
                "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
-        return row if len(point) == 5 else {**row, "sample_seed": S.point_sample_seed(point)}
     return name_of, measure
 
 

@@ -131,13 +131,12 @@ def measurer(exp: ConsistencyExperiment, device: str | None = None):
         feats = extractor(images)
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}-{k}step.npy", images[:e.grid_size])
-        row = {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
+        return {"method": method, "seed": seed, "step": step, "sample_steps": k, "extractor": extractor.name,
                "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
                "num_ref": len(ref), "fd": frechet_distance(feats, ref_stats),
                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
                "model": cfg.model, "resolution": cfg.resolution}
-        return row if len(point) == 6 else {**row, "sample_seed": seed_of(point)}
     return name_of, measure
 
 
@@ -154,7 +153,7 @@ def sampling_noise(exp: ConsistencyExperiment, device: str | None = None) -> pd.
     report adds to this experiment's intervals. Without rows when ``sampling_repeats`` is 0."""
     points = [(*p[:5], k, p[5]) for p in sampling_noise_points(exp) for k in exp.eval.sample_steps]
     return evaluate_sampling_noise(exp, *measurer(exp, device), points=points,
-                                   sort=("sample_steps", "method", "seed", "step", "sample_seed"))
+                                   sort=("sample_steps", "method", "seed", "step", "sample_seed"), seed_at=6)
 
 
 def per_sampler(fid: pd.DataFrame, frame) -> list[pd.DataFrame]:

@@ -144,7 +144,7 @@ def measurer(exp: FinetuneExperiment, device: str | None = None):
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
         if step == 0 and method == exp.methods[0] and seed == exp.seeds[0] and len(point) == 5:
             atomic_save_npy(exp.eval_dir / "samples-pretrained.npy", images[:e.grid_size])
-        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
+        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
                "metric": extractor.label, "reference": S.reference_split(extractor),
                "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
                "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
@@ -153,7 +153,6 @@ def measurer(exp: FinetuneExperiment, device: str | None = None):
                "fd_source": frechet_distance(feats, source_stats),
                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
                "model": cfg.model, "resolution": cfg.resolution}
-        return row if len(point) == 5 else {**row, "sample_seed": S.point_sample_seed(point)}
     return name_of, measure
 
 

@@ -99,16 +99,21 @@ def point_sample_seed(point: tuple, at: int = 5) -> int:
 
 def evaluate_sampling_noise(exp: Experiment, name_of: Callable[[tuple], str], measure: Callable[[tuple], dict],
                             points: Sequence[tuple] | None = None,
-                            sort: Sequence[str] = ("method", "seed", "step", "sample_seed")) -> pd.DataFrame:
+                            sort: Sequence[str] = ("method", "seed", "step", "sample_seed"),
+                            seed_at: int = 5) -> pd.DataFrame:
     """The experiment's ``<name>_sampling_noise.csv``: ``evaluate_snapshots`` over ``points`` (default
-    ``sampling_noise_points``), cached like the evaluation; the paired sampling noise the report adds to this
+    ``sampling_noise_points``; each point's sample seed is its element ``seed_at``), cached like the evaluation,
+    each row ``measure``'s with a last ``sample_seed`` column; the paired sampling noise the report adds to this
     experiment's intervals; written without rows when ``eval.sampling_repeats`` is 0."""
     if not exp.eval.sampling_repeats:
         frame = pd.DataFrame(columns=[*sort, "fd", "kid"])
         write_csv(frame, exp.table("sampling_noise"))
         return frame
     points = sampling_noise_points(exp) if points is None else points
-    return evaluate_snapshots(exp, points, name_of, measure, sort=sort, table="sampling_noise")
+
+    def measure_repeat(point):
+        return {**measure(point), "sample_seed": point_sample_seed(point, at=seed_at)}
+    return evaluate_snapshots(exp, points, name_of, measure_repeat, sort=sort, table="sampling_noise")
 
 
 def reference_split(extractor) -> str:

@@ -57,13 +57,12 @@ def measurer(exp: Experiment, device: str | None = None):
         feats = extractor(images)
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
-        row = {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
+        return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
                "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
                "num_ref": len(ref), "sample_steps": e.sample_steps, "fd": frechet_distance(feats, ref_stats),
                "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
                "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
                "objective": cfg.objective, "model": cfg.model, "resolution": cfg.resolution}
-        return row if len(point) == 5 else {**row, "sample_seed": point_sample_seed(point)}
     return name_of, measure
 
 
