@@ -46,6 +46,17 @@ def test_timing_cli_rejects_an_unknown_group(tmp_path):
         main(["--group", "nope", "--params", str(ROOT / "params.yaml")])
 
 
+def test_timing_group_without_a_setting_names_it(tmp_path):
+    """params.yaml is the timing's only source of settings: a group without knn_k is refused, not defaulted."""
+    from immiscible.experiments.timing import GROUP_KEYS, run_group
+    group = {k: v for k, v in dict(batch_sizes=[16], methods=["knn"], dim=48, device="cpu", repeats=1,
+                                   max_seconds=1, knn_k=4, seed=0).items() if k != "knn_k"}
+    assert set(group) | {"knn_k"} == set(GROUP_KEYS)
+    with pytest.raises(ValueError, match=r"lacks \['knn_k'\]; set them in params.yaml"):
+        run_group(group, output_dir=str(tmp_path), echo=False)
+    assert not (tmp_path / "tables").exists()
+
+
 @pytest.mark.slow
 def test_device_check_dry_run_writes_its_results(tmp_path):
     data = tmp_path / "bundle" / "data" / "cifar10"

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from immiscible.config import choices, validate
 from immiscible.diffusion.objectives import OBJECTIVES
 from immiscible.models import MODEL_CONFIGS
-from immiscible.noise.source import METHODS
+from immiscible.noise.source import KNN_K, METHODS
 
 # Fields that may change between a run and its resumption (they do not change the trajectory).
 RESUMABLE_FIELDS = ("steps", "output_dir", "checkpoint_every", "checkpoints_total_limit", "snapshot_every",
@@ -38,7 +38,7 @@ class TrainConfig:
     beta_schedule: str = field(default="linear", metadata=choices("linear", "scaled_linear", "squaredcos_cap_v2"))
     # noise assignment
     method: str = field(default="vanilla", metadata=choices(*METHODS))
-    knn_k: int = 4
+    knn_k: int = KNN_K
     assign_cost: str = field(default="l2", metadata=choices("l2", "sqeuclidean"))
     assign_solver: str = field(default="auto", metadata=choices("auto", "jv", "lap", "scipy"))
     assign_scope: str = field(default="global", metadata=choices("global", "local"))  # across processes or per process

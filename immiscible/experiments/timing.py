@@ -41,6 +41,7 @@ from immiscible.noise import native
 from immiscible.noise.auction import solve_auction
 from immiscible.noise.assignment import greedy_permutation, image_noise_distance, knn_noise, mean_pair_distance, \
     solve_assignment
+from immiscible.noise.source import KNN_K
 from immiscible.experiments.paper import PAPER_TIME_MS
 from immiscible.io import atomic_savefig
 
@@ -135,7 +136,7 @@ def _batch(images: torch.Tensor | None, B: int, dim: int, seed: int, repeat: int
 
 
 def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072, device: str = "cpu",
-                    repeats: int = 5, max_seconds: float = 20.0, knn_k: int = 64, seed: int = 0,
+                    repeats: int = 5, max_seconds: float = 20.0, knn_k: int = KNN_K, seed: int = 0,
                     images: torch.Tensor | None = None, dtype: str = "float32",
                     max_batch: dict | None = None) -> pd.DataFrame:
     """Median timings per (method, batch size) over ``repeats`` different batches (the solve time depends on the
@@ -259,6 +260,10 @@ def solve_speedup(df: pd.DataFrame) -> pd.DataFrame:
                          if m in ms})
 
 
+# what a timing group of params.yaml must set (``dataset``, ``dtype``, ``max_batch``, ``table_name`` are optional)
+GROUP_KEYS = ("methods", "batch_sizes", "dim", "device", "repeats", "max_seconds", "knn_k", "seed")
+
+
 def run_group(params: dict, data_dir: str = "data", output_dir: str = "results", table_name: str | None = None,
               echo: bool = True, **overrides) -> pd.DataFrame:
     """Time the methods of one params.yaml group (``overrides`` replace its values), write ``tables/<table_name>``
@@ -270,14 +275,16 @@ def run_group(params: dict, data_dir: str = "data", output_dir: str = "results",
     from immiscible.io import atomic_write_text
 
     p = {**params, **{k: v for k, v in overrides.items() if v is not None}}
+    missing = [k for k in GROUP_KEYS if k not in p]
+    if missing:
+        raise ValueError(f"the timing group lacks {missing}; set them in params.yaml (the defaults live only there)")
     table_name = table_name or p.get("table_name", "assignment_timing.csv")
     images = None
     if p.get("dataset"):
         from immiscible.data import load_dataset
         images = load_dataset(p["dataset"], "train", data_dir).tensor(slice(0, max(p["batch_sizes"])))
-    df = time_assignment(list(p["methods"]), list(p["batch_sizes"]), dim=p.get("dim", 3072),
-                         device=p.get("device", "cpu"), repeats=p.get("repeats", 5),
-                         max_seconds=p.get("max_seconds", 20.0), knn_k=p.get("knn_k", 64), seed=p.get("seed", 0),
+    df = time_assignment(list(p["methods"]), list(p["batch_sizes"]), dim=p["dim"], device=p["device"],
+                         repeats=p["repeats"], max_seconds=p["max_seconds"], knn_k=p["knn_k"], seed=p["seed"],
                          images=images, dtype=p.get("dtype", "float32"), max_batch=p.get("max_batch"))
     out = Path(output_dir)
     atomic_write_text(out / "tables" / table_name, df.to_csv(index=False))

@@ -17,7 +17,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from immiscible.noise.source import METHODS, draw_noise
+from immiscible.noise.source import KNN_K, METHODS, draw_noise
+
 
 def prefetch(fn: Callable, items: Iterable, ahead: int = 1) -> Iterator:
     """Yield ``fn(item)`` for each item, in order, computing the next ``ahead`` results in one background thread."""
@@ -40,10 +41,10 @@ def prefetch(fn: Callable, items: Iterable, ahead: int = 1) -> Iterator:
 
 
 def prefetch_assigned_noise(batches: Iterable, method: str = "exact", generator: torch.Generator | None = None,
-                            k: int = 1, ahead: int = 1, key=None, cost: str = "l2",
+                            knn_k: int = KNN_K, ahead: int = 1, key=None, cost: str = "l2",
                             solver: str = "auto") -> Iterator[tuple]:
     """Yield ``(batch, noise)`` with the noise for the next ``ahead`` batches computed in a background thread: each
-    is ``draw_noise(x0, generator, method, knn_k=k, cost=cost, solver=solver)``, the training loop's own draw.
+    is ``draw_noise(x0, generator, method, knn_k=knn_k, cost=cost, solver=solver)``, the training loop's own draw.
 
     ``key(batch)`` picks the image tensor out of a batch (default: the batch itself, or its first element when it is
     a tuple/list, as a DataLoader of (images, labels) gives)."""
@@ -55,5 +56,5 @@ def prefetch_assigned_noise(batches: Iterable, method: str = "exact", generator:
             return b[0] if isinstance(b, (tuple, list)) else b
 
     def pair(batch):
-        return batch, draw_noise(key(batch), generator, method, knn_k=k, cost=cost, solver=solver)[0]
+        return batch, draw_noise(key(batch), generator, method, knn_k=knn_k, cost=cost, solver=solver)[0]
     return prefetch(pair, batches, ahead)

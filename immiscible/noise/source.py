@@ -3,8 +3,9 @@
 Each step draws Gaussian noise from a generator seeded by (seed, step, rank), so no state needs saving, then pairs it
 with the batch: ``vanilla`` keeps the draw, ``exact``/``quantized`` permute it by a linear assignment, ``exact_class``
 by one linear assignment per class of the batch (only noises drawn for images of the same class are exchanged, so
-each class keeps a Gaussian noise marginal; C2OT-style), ``knn`` keeps the nearest of k draws per image. With several processes, ``global`` scope gathers the global batch, rank 0 solves
-one assignment and broadcasts the permutation, and each process keeps its slice (as the official code does).
+each class keeps a Gaussian noise marginal; C2OT-style), ``knn`` keeps the nearest of k draws per image. With
+several processes, ``global`` scope gathers the global batch, rank 0 solves one assignment and broadcasts the
+permutation, and each process keeps its slice (as the official code does).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from immiscible.noise.distributed import global_permutation
 # every way a training step may pair its noise: random (vanilla), a permutation of the draw (the assignment methods),
 # the nearest of k draws per image (knn), the exact assignment within each class (exact_class)
 METHODS = ("vanilla", *ASSIGNMENT_METHODS, "knn", "exact_class")
+KNN_K = 4   # candidate noises per image of ``knn`` unless told otherwise (training's, the prefetcher's)
 
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -32,7 +34,7 @@ def pair_distance(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return (x0.reshape(x0.shape[0], -1).double() - noise.reshape(noise.shape[0], -1).double()).norm(dim=1).mean()
 
 
-def draw_noise(x0: torch.Tensor, generator: torch.Generator | None, method: str = "exact", knn_k: int = 4,
+def draw_noise(x0: torch.Tensor, generator: torch.Generator | None, method: str = "exact", knn_k: int = KNN_K,
                cost: str = "l2", solver: str = "auto", group=None, world: int = 1, stats: bool = False,
                labels: torch.Tensor | None = None):
     """(noise, info) for the batch x0 (B, C, H, W): the step's Gaussian draw paired by ``method``. ``group``: the
