@@ -1,4 +1,6 @@
 """The overhead benchmark runs and reports a ratio against vanilla measured in the same run."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -6,6 +8,8 @@ import yaml
 import immiscible.experiments.bench as bench
 from immiscible.data import prepare_dataset
 from conftest import make_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_assignment_overhead_reports_all_variants(tmp_path):
@@ -48,3 +52,15 @@ def test_the_ratio_pairs_each_variant_with_the_same_repeats_vanilla(tmp_path, mo
     assert inline.seconds_per_step == pytest.approx(2.4)           # the median time, for reference
     assert inline.assign_share == pytest.approx(0.008 / 2.0)       # 8 ms over vanilla's median step of 2 s
     assert df.loc[("vanilla", "inline")].ratio_vs_vanilla == 1.0 and inline.repeats == 3
+
+
+def test_training_throughput_times_each_variant_in_its_precision():
+    """The bf16 variant really runs the forward in bfloat16 (and the default in fp32); an unknown variant is refused."""
+    from immiscible.experiments.throughput import training_throughput
+    df = training_throughput("smoke", ["default", "bf16", "threads=1"], steps=2, warmup=1, repeats=1,
+                             params=str(ROOT / "params.yaml"))
+    assert dict(zip(df.variant, df.forward_dtype)) == {"default": "float32", "bf16": "bfloat16",
+                                                       "threads=1": "float32"}
+    assert (df.steps_per_s > 0).all() and df.set_index("variant").ratio_vs_default["default"] == 1.0
+    with pytest.raises(ValueError, match="unknown variant"):
+        training_throughput("smoke", ["fp8"], steps=2, warmup=1, repeats=1, params=str(ROOT / "params.yaml"))

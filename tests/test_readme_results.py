@@ -371,7 +371,8 @@ def assignment_overhead_markdown(d: pd.DataFrame) -> list[str]:
 
 
 THROUGHPUT_ROWS = {"default": "default (fp32, NCHW, 2 threads: what the runs use)", "channels_last": "`channels_last`",
-                   "compile": "`torch.compile` (inductor)", "threads=1": "1 thread"}
+                   "compile": "`torch.compile` (inductor)",
+                   "bf16": "bf16 autocast (AMX on this CPU)", "threads=1": "1 thread"}
 
 
 def training_throughput_markdown(d: pd.DataFrame) -> list[str]:

@@ -4,8 +4,9 @@ EMA) with the settings that could buy speed on a CPU, each against the default m
     python -m immiscible.experiments.throughput      # params.yaml group `training_throughput` (the DVC stage)
 
 Variants: ``default`` (what the runs use: fp32, contiguous NCHW, torch's default threads), ``channels_last``
-(NHWC memory format for model and inputs), ``compile`` (``torch.compile`` with the inductor backend), and
-``threads=N`` (``torch.set_num_threads``). Each variant is timed ``repeats`` times, alternating, and reported as the
+(NHWC memory format for model and inputs), ``compile`` (``torch.compile`` with the inductor backend), ``bf16``
+(the forward under ``torch.autocast("cpu", bfloat16)``: fast where the CPU has bf16 units such as AMX, slow where it
+emulates them; the engine trains in fp32 on a CPU today) and ``threads=N`` (``torch.set_num_threads``). Each variant is timed ``repeats`` times, alternating, and reported as the
 median steps/s and the median ratio to the default of the same repeat. Nothing here changes how the pipeline trains:
 a variant worth having would change the numerics, so it would need its own rerun.
 """
@@ -25,11 +26,12 @@ from immiscible.experiments.timing import hardware_description
 from immiscible.io import atomic_write_text
 from immiscible.models import build_unet
 
-VARIANTS = ("default", "channels_last", "compile", "threads=1")
+VARIANTS = ("default", "channels_last", "compile", "bf16", "threads=1")
 
 
-def _steps_per_second(cfg: TrainConfig, variant: str, steps: int, warmup: int) -> float:
-    """Time ``steps`` training steps of the profile's model on random data after ``warmup`` steps."""
+def _steps_per_second(cfg: TrainConfig, variant: str, steps: int, warmup: int) -> tuple[float, str]:
+    """(steps/s, the dtype of the model's output) of ``steps`` training steps of the profile's model on random data,
+    timed after ``warmup`` steps."""
     threads = torch.get_num_threads()
     if variant.startswith("threads="):
         torch.set_num_threads(int(variant.split("=")[1]))
@@ -46,19 +48,22 @@ def _steps_per_second(cfg: TrainConfig, variant: str, steps: int, warmup: int) -
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=g)
 
         def step():
-            loss = F.mse_loss(forward(x, t).sample, x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+                out = forward(x, t).sample
+            loss = F.mse_loss(out.float(), x)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 torch._foreach_lerp_(ema, list(model.parameters()), 1 - cfg.ema_decay)
+            return str(out.dtype).removeprefix("torch.")
 
         for _ in range(warmup):
             step()
         start = time.perf_counter()
         for _ in range(steps):
-            step()
-        return steps / (time.perf_counter() - start)
+            dtype = step()
+        return steps / (time.perf_counter() - start), dtype
     finally:
         torch.set_num_threads(threads)
 
@@ -72,16 +77,19 @@ def training_throughput(profile: str, variants, steps: int, warmup: int, repeats
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; choose from {VARIANTS} or threads=N")
     runs: dict[str, list[float]] = {v: [] for v in variants}
+    dtypes: dict[str, str] = {}
     for _ in range(repeats):
         for v in variants:
-            runs[v].append(_steps_per_second(cfg, v, steps, warmup))
+            rate, dtypes[v] = _steps_per_second(cfg, v, steps, warmup)
+            runs[v].append(rate)
             print(f"{v}: {runs[v][-1]:.2f} steps/s", flush=True)
     base = runs.get("default")
     rows = []
     for v, rates in runs.items():
         ratios = [r / b for r, b in zip(rates, base)] if base else [float("nan")]
         rows.append({"profile": profile, "model": cfg.model, "resolution": cfg.resolution,
-                     "batch_size": cfg.batch_size, "variant": v, "steps_per_s": statistics.median(rates),
+                     "batch_size": cfg.batch_size, "variant": v, "forward_dtype": dtypes[v],
+                     "steps_per_s": statistics.median(rates),
                      "ratio_vs_default": statistics.median(ratios), "ratio_min": min(ratios),
                      "ratio_max": max(ratios), "repeats": repeats, "steps_timed": steps,
                      "default_threads": torch.get_num_threads(), "hardware": hardware_description("cpu")})
