@@ -14,10 +14,10 @@ equal another cell passes (for one-decimal numbers in these sections that is 25-
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
 tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
 experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
-and paired interval at its method, sampler and step). The timing section's prose is bound cell by cell too: every
-decimal number in it is written by a phrase that names its cell or the ratio of two cells (``TIMING_PHRASES``,
-rendered from the table and found verbatim), or quoted. What remains matched loosely is the prose of the other
-sections (about 300 numbers; matching them only against the tables their paragraph names would still pass 63% of
+and paired interval at its method, sampler and step). The prose of the distance, noise-geometry and timing sections is bound cell by
+cell too: every decimal number in it is written by a phrase that names its cell or the ratio of two cells
+(``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. What remains matched loosely is the
+prose of the experiment sections (about 280 numbers; matching them only against the tables their paragraph names would still pass 63% of
 random numbers, against 73% for the whole section, so the way out is phrases like the timing section's).
 """
 import re
@@ -634,13 +634,52 @@ def _timing_namespace() -> dict:
     return {**pivot, "g": growth_exponents(d).set_index("method").exponent}
 
 
-def test_every_number_of_the_timing_prose_is_the_cell_it_names():
-    """docs/results.md's timing section: each prose number is written by a phrase naming its cell (or ratio of two
-    cells) of assignment_timing.csv, and no decimal number of the prose is left unbound."""
-    text = next(t for title, t in _sections() if title.startswith("Assignment timing"))
-    missing, loose = unbound_numbers(text, render_phrases(TIMING_PHRASES, _timing_namespace()) + TIMING_QUOTED)
+def _distance_namespace() -> dict:
+    d = pd.read_csv(ROOT / "results" / "tables" / "distance_reduction.csv")
+    unit = d[d.representation.isin(["pixels_standardized", "latent_shaped_gaussian"])]
+    return {"d": d.set_index(["representation", "batch_size"]),
+            "unit_gap": (unit.delta_mean_distance_pct - unit.paper_delta_pct).abs().max()}
+
+
+def _geometry_namespace() -> dict:
+    tables = ROOT / "results" / "tables"
+    return {"knn": pd.read_csv(tables / "knn_marginal.csv").set_index(["method", "k", "resolution"]),
+            "space": pd.read_csv(tables / "noise_space.csv").set_index("pairing")}
+
+
+# `d`: distance_reduction.csv by (representation, batch size); `unit_gap`: the largest |measured - paper| of the two
+# unit-variance rows
+DISTANCE_PHRASES = [
+    "is at most +-{d.ci95_pct.max():.3f} points",
+    "reproduced within {unit_gap:.2f} points (largest gap over the four batch sizes)",
+    "the reduction is smaller, {d.delta_mean_distance_pct['pixels', 128]:.2f}% to\n"
+    "{d.delta_mean_distance_pct['pixels', 1024]:.2f}%",
+]
+# `knn`: knn_marginal.csv by (method, k, resolution); `space`: noise_space.csv by pairing
+GEOMETRY_PHRASES = [
+    "the k = 4 of this project's 16-pixel experiments: {-knn.norm_change_pct['knn', 4, 16]:.1f}% shorter, "
+    "per-dimension variance {knn.variance['knn', 4, 16]:.3f})",
+    "the correlation between a noise and its image is {space.corr_first_direction['assigned']:+.2f} with the "
+    "assignment and {space.corr_first_direction['random']:+.2f} with random pairing",
+]
+# section title -> (its table namespace, its phrases, its literal quotes)
+SECTION_PHRASES = {
+    "Distance reduction": (_distance_namespace, DISTANCE_PHRASES, []),
+    "What the assignment does to the noise": (_geometry_namespace, GEOMETRY_PHRASES, []),
+    "Assignment timing": (_timing_namespace, TIMING_PHRASES, TIMING_QUOTED),
+}
+
+
+@pytest.mark.parametrize("section", sorted(SECTION_PHRASES))
+def test_every_number_of_the_prose_is_the_cell_it_names(section):
+    """The sections of docs/results.md listed in SECTION_PHRASES: each prose number is written by a phrase naming its
+    cell (or a ratio, extreme or difference of cells) of the section's tables, and no decimal number of the prose is
+    left unbound."""
+    namespace, phrases, quoted = SECTION_PHRASES[section]
+    text = next(t for title, t in _sections() if title.startswith(section))
+    missing, loose = unbound_numbers(text, render_phrases(phrases, namespace()) + quoted)
     assert not missing, "phrases not in the section (a number changed?):\n" + "\n".join(missing)
-    assert not loose, f"numbers of the timing prose bound to no cell: {loose}"
+    assert not loose, f"numbers of the prose bound to no cell: {loose}"
 
 
 def test_the_named_cell_check_catches_a_number_off_by_one_digit():
