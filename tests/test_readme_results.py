@@ -14,11 +14,12 @@ equal another cell passes (for one-decimal numbers in these sections that is 25-
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
 tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
 experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
-and paired interval at its method, sampler and step). The prose of the distance, noise-geometry and timing sections is bound cell by
-cell too: every decimal number in it is written by a phrase that names its cell or the ratio of two cells
-(``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. What remains matched loosely is the
-prose of the experiment sections (about 280 numbers; matching them only against the tables their paragraph names would still pass 63% of
-random numbers, against 73% for the whole section, so the way out is phrases like the timing section's).
+and paired interval at its method, sampler and step). The prose of the distance, noise-geometry and timing sections
+is bound cell by cell too: every decimal number in it is written by a phrase that names its cell or the ratio of two
+cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. What remains matched loosely is
+the prose of the experiment sections (about 280 numbers; matching them only against the tables their paragraph names
+would still pass 63% of random numbers, against 73% for the whole section, so the way out is phrases like the timing
+section's).
 """
 import re
 from pathlib import Path

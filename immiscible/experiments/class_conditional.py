@@ -101,13 +101,13 @@ def measurer(exp: E.Experiment, device: str | None = None):
             order = np.concatenate([np.flatnonzero(labels == c)[:e.grid_per_class] for c in per_class_ref])
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[order])
         return {"method": method, "seed": seed, "step": step, "extractor": extractor.name, "metric": extractor.label,
-               "reference": S.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
-               "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
-               "fd": frechet_distance(feats, ref_stats),
-               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-               "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
-               "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
-               "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
+                 "reference": S.reference_split(extractor), "num_samples": e.num_samples, "num_ref": len(ref),
+                 "sample_steps": e.sample_steps, "guidance_scale": e.guidance_scale,
+                 "fd": frechet_distance(feats, ref_stats),
+                 "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+                 "fd_class_mean": float(np.mean(per_class)), "class_accuracy": accuracy,
+                 "class_error": 1.0 - accuracy, "classifier_accuracy": extractor.info.get("test_accuracy"),
+                 "assign_batch": cfg.batch_size, "model": cfg.model, "resolution": cfg.resolution}
     return name_of, measure
 
 

@@ -145,14 +145,14 @@ def measurer(exp: FinetuneExperiment, device: str | None = None):
         if step == 0 and method == exp.methods[0] and seed == exp.seeds[0] and len(point) == 5:
             atomic_save_npy(exp.eval_dir / "samples-pretrained.npy", images[:e.grid_size])
         return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
-               "metric": extractor.label, "reference": S.reference_split(extractor),
-               "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
-               "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
-               "fd": frechet_distance(feats, ref_stats),
-               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-               "fd_source": frechet_distance(feats, source_stats),
-               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-               "model": cfg.model, "resolution": cfg.resolution}
+                 "metric": extractor.label, "reference": S.reference_split(extractor),
+                 "reference_classes": " ".join(map(str, exp.train.classes)) or "all",
+                 "num_samples": e.num_samples, "num_ref": len(ref), "sample_steps": e.sample_steps,
+                 "fd": frechet_distance(feats, ref_stats),
+                 "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+                 "fd_source": frechet_distance(feats, source_stats),
+                 "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+                 "model": cfg.model, "resolution": cfg.resolution}
     return name_of, measure
 
 

@@ -6,8 +6,9 @@ EMA) with the settings that could buy speed on a CPU, each against the default m
 Variants: ``default`` (what the runs use: fp32, contiguous NCHW, torch's default threads), ``channels_last``
 (NHWC memory format for model and inputs), ``compile`` (``torch.compile`` with the inductor backend), ``bf16``
 (the forward under ``torch.autocast("cpu", bfloat16)``: fast where the CPU has bf16 units such as AMX, slow where it
-emulates them; the engine trains in fp32 on a CPU today) and ``threads=N`` (``torch.set_num_threads``). Each variant is timed ``repeats`` times, alternating, and reported as the
-median steps/s and the median ratio to the default of the same repeat. Nothing here changes how the pipeline trains:
+emulates them; the engine trains in fp32 on a CPU today) and ``threads=N`` (``torch.set_num_threads``). Each variant
+is timed ``repeats`` times, alternating, and reported as the median steps/s and the median ratio to the default of
+the same repeat. Nothing here changes how the pipeline trains:
 a variant worth having would change the numerics, so it would need its own rerun.
 """
 from __future__ import annotations

@@ -58,11 +58,11 @@ def measurer(exp: Experiment, device: str | None = None):
         if last:
             atomic_save_npy(exp.eval_dir / f"samples-{method}-{seed}.npy", images[:e.grid_size])
         return {"method": method, "seed": seed, "step": step, "extractor": extractor.name,
-               "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
-               "num_ref": len(ref), "sample_steps": e.sample_steps, "fd": frechet_distance(feats, ref_stats),
-               "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
-               "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
-               "objective": cfg.objective, "model": cfg.model, "resolution": cfg.resolution}
+                 "metric": extractor.label, "reference": reference_split(extractor), "num_samples": e.num_samples,
+                 "num_ref": len(ref), "sample_steps": e.sample_steps, "fd": frechet_distance(feats, ref_stats),
+                 "kid": kernel_distance(feats, ref, e.kid_subsets, e.kid_subset_size, seed=step),
+                 "classifier_accuracy": extractor.info.get("test_accuracy"), "assign_batch": cfg.batch_size,
+                 "objective": cfg.objective, "model": cfg.model, "resolution": cfg.resolution}
     return name_of, measure
 
 
