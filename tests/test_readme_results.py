@@ -14,12 +14,12 @@ equal another cell passes (for one-decimal numbers in these sections that is 25-
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
 tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
 experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
-and paired interval at its method, sampler and step). The prose of the distance, noise-geometry and timing sections
-is bound cell by cell too: every decimal number in it is written by a phrase that names its cell or the ratio of two
-cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. What remains matched loosely is
-the prose of the experiment sections (about 280 numbers; matching them only against the tables their paragraph names
-would still pass 63% of random numbers, against 73% for the whole section, so the way out is phrases like the timing
-section's).
+and paired interval at its method, sampler and step). The prose of the distance, noise-geometry, timing and
+unconditional sections is bound cell by cell too: every decimal number in it is written by a phrase that names its
+cell or the ratio of two cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. What
+remains matched loosely is the prose of the other experiment sections (about 240 numbers; matching them only against
+the tables their paragraph names would still pass 63% of random numbers, against 73% for the whole section, so the
+way out is phrases like the timing section's).
 """
 import re
 from pathlib import Path
@@ -663,11 +663,76 @@ GEOMETRY_PHRASES = [
     "the correlation between a noise and its image is {space.corr_first_direction['assigned']:+.2f} with the "
     "assignment and {space.corr_first_direction['random']:+.2f} with random pairing",
 ]
+def _unconditional_namespace() -> dict:
+    from scipy import stats
+
+    from immiscible.config import load_profile
+    from immiscible.diffusion.schedules import alphas_cumprod
+    from immiscible.engine.config import TrainConfig
+    tables = ROOT / "results" / "tables"
+    fid = pd.read_csv(tables / "unconditional_fid.csv")
+    wide = fid.pivot_table(index=["step", "seed"], columns="method", values="fd")
+    last = wide.loc[fid.step.max()]
+    noise = pd.read_csv(tables / "unconditional_sampling_noise.csv").pivot(index="sample_seed", columns="method",
+                                                                          values="fd")
+    flow = pd.read_csv(tables / "flow_last_step.csv")
+    flow_t1 = flow[(flow.t == 1) & (flow.noise == "assigned")].assign(
+        method=lambda d: d.method.str.removeprefix("flow-"), step=1)
+    verdicts = pd.read_csv(tables / "report_verdicts.csv")
+    welch = stats.ttest_ind(last.exact, last.vanilla, equal_var=False).confidence_interval()
+    cfg = TrainConfig(**load_profile(ROOT / "params.yaml", "unconditional", "cpu")[1]["train"])
+    return {"train": pd.read_csv(tables / "unconditional_training.csv").groupby("method").mean(numeric_only=True),
+            "acc": fid.classifier_accuracy.iloc[0], "cfg": cfg,
+            "paired": pd.read_csv(tables / "unconditional_paired.csv").set_index(["method", "step"]).loc["exact"],
+            "eff": pd.read_csv(tables / "unconditional_efficiency.csv").set_index("method").loc["exact"],
+            "final_sd": last.std(), "welch_halfwidth": (welch.high - welch.low) / 2,
+            "t2": stats.t.ppf(0.975, 2), "t4": stats.t.ppf(0.975, 4),
+            "noise_sd": noise.std(), "noise_diff": noise.exact - noise.vanilla,
+            "seed_diff_sd": (last.exact - last.vanilla).std(),
+            "verdict": verdicts[verdicts.claim.str.contains("DDIM training, CIFAR-10 \\(unconditional\\)")].iloc[0],
+            "mean_image": flow[flow.method == "dataset mean image"].mean_l2.iloc[0],
+            "sqrt_ab": float(alphas_cumprod(cfg)[-1]) ** 0.5,
+            "flow_diff": paired_differences(flow_t1, ("mean_l2",), baseline="vanilla").iloc[0],
+            "flow_random": flow[(flow.t == 1) & (flow.noise == "random")].groupby("method").mean_l2.mean()}
+
+
+# the unconditional experiment: `train` its training table's means per method, `paired` exact - vanilla per step,
+# `eff` the steps-to-target row, `noise_sd`/`noise_diff` the sampling-noise FDs' sd per method and paired difference
+# per sample seed, `verdict` the report's row, `flow_*` the ablation's flow runs at t = 1 (flow_last_step.csv)
+UNCONDITIONAL_PHRASES = [
+    "linear betas 1e-4..{cfg.beta_end}", "EMA {cfg.ema_decay},",
+    "({100 * acc:.1f}% test accuracy at",
+    "by {-100 * (train.dist_after.exact / train.dist_before.exact - 1):.2f}% ({train.dist_before.exact:.2f} -> "
+    "{train.dist_after.exact:.2f}), in {train.assign_ms.exact:.2f} ms per",
+    "at most {eff.last_step}/{eff.steps_baseline_mean_curve} = **{eff.ratio_median:.1f}**",
+    "median ratio is [{eff.ratio_ci_low:.0f}, {eff.ratio_ci_high:.1f}]",
+    "mean reaches {eff.final_fd_vanilla:.2f} at step 2000",
+    "by {paired.fd_diff_mean.min():.2f}-{paired.fd_diff_mean.max():.2f} proxy FD",
+    "**{paired.fd_diff_ci_halfwidth[2000]:.2f} proxy FD at the last step**",
+    "{paired.fd_diff_ci_halfwidth.drop(2000).min():.2f}-{paired.fd_diff_ci_halfwidth.drop(2000).max():.2f} at "
+    "earlier steps",
+    "the final FD is {final_sd.vanilla:.2f} (vanilla) and {final_sd.exact:.2f} (immiscible)",
+    "resolve about {welch_halfwidth:.1f} (Welch interval)",
+    "(t = {t2:.2f}; 5\nseeds would give {t4:.2f})",
+    "an sd of {noise_sd.vanilla:.2f} (vanilla) and {noise_sd.exact:.2f} (exact)",
+    "with an sd of only {noise_diff.std():.2f} ({noise_diff.min():.2f} to {noise_diff.max():.2f} over the 4 sample "
+    "seeds). Independent draws would give about {(noise_sd ** 2).sum() ** 0.5:.2f};",
+    "(sd {seed_diff_sd:.2f} at the last\nstep)",
+    "[{verdict.decided_low:+.2f}, {verdict.decided_high:+.2f}] at step\n2000",
+    "the dataset-mean image is {mean_image:.2f} away", "the dataset mean image is {mean_image:.2f} away",
+    "sqrt(alpha_bar) = {sqrt_ab:.3f}",
+    "exact - vanilla {flow_diff.mean_l2_diff_mean:.2f} [{flow_diff.mean_l2_diff_ci_low:.2f}, "
+    "{flow_diff.mean_l2_diff_ci_high:.2f}], 3/3",
+    "({flow_random['flow-exact']:.2f} vs\n{flow_random['flow-vanilla']:.2f})",
+]
+UNCONDITIONAL_QUOTED = ["1.05M-parameter", "the 35.7M UNet"]   # models.py's parameter counts
+
 # section title -> (its table namespace, its phrases, its literal quotes)
 SECTION_PHRASES = {
     "Distance reduction": (_distance_namespace, DISTANCE_PHRASES, []),
     "What the assignment does to the noise": (_geometry_namespace, GEOMETRY_PHRASES, []),
     "Assignment timing": (_timing_namespace, TIMING_PHRASES, TIMING_QUOTED),
+    "Unconditional training": (_unconditional_namespace, UNCONDITIONAL_PHRASES, UNCONDITIONAL_QUOTED),
 }
 
 
