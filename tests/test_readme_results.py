@@ -14,12 +14,12 @@ equal another cell passes (for one-decimal numbers in these sections that is 25-
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
 tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
 experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
-and paired interval at its method, sampler and step). The prose of the distance, noise-geometry, timing and
-unconditional sections is bound cell by cell too: every decimal number in it is written by a phrase that names its
-cell or the ratio of two cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. What
-remains matched loosely is the prose of the other experiment sections (about 240 numbers; matching them only against
-the tables their paragraph names would still pass 63% of random numbers, against 73% for the whole section, so the
-way out is phrases like the timing section's).
+and paired interval at its method, sampler and step). The prose of the distance, noise-geometry, timing,
+unconditional and fine-tuning sections is bound cell by cell too: every decimal number in it is written by a phrase
+that names its cell or the ratio of two cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or
+quoted. What remains matched loosely is the prose of the other experiment sections (about 200 numbers; matching them
+only against the tables their paragraph names would still pass 63% of random numbers, against 73% for the whole
+section, so the way out is phrases like the timing section's).
 """
 import re
 from pathlib import Path
@@ -727,12 +727,53 @@ UNCONDITIONAL_PHRASES = [
 ]
 UNCONDITIONAL_QUOTED = ["1.05M-parameter", "the 35.7M UNet"]   # models.py's parameter counts
 
+def _finetuning_namespace() -> dict:
+    from immiscible.config import load_profile
+    tables = ROOT / "results" / "tables"
+    verdicts = pd.read_csv(tables / "report_verdicts.csv").set_index("claim")
+    seeds = pd.read_csv(tables / "finetuning_efficiency_seeds.csv").set_index(["method", "seed"]).loc["knn"]
+    return {"train": load_profile(ROOT / "params.yaml", "finetuning", "cpu")[1]["train"],
+            "paired": pd.read_csv(tables / "finetuning_paired.csv").set_index(["method", "step"]),
+            "seeds": seeds, "eff": pd.read_csv(tables / "finetuning_efficiency.csv").set_index("method"),
+            "paper": pd.read_csv(tables / "finetuning_paper.csv").set_index("method"),
+            "exact": verdicts.loc["better fine-tuning: linear assignment"],
+            "knn": verdicts.loc["better fine-tuning: KNN"],
+            "knn_exact": verdicts[verdicts.index.str.startswith("KNN beats linear assignment")
+                                  & verdicts.index.str.endswith(": fine-tuning")].iloc[0]}
+
+
+# fine-tuning: `paired` by (method, step), `seeds` KNN's per-seed steps-to-target, `paper` finetuning_paper.csv, and
+# the report's rows `exact`, `knn` (each - vanilla) and `knn_exact`
+FINETUNING_PHRASES = [
+    "EMA {train['ema_decay']},",
+    "exact - vanilla {paired.kid_diff_mean['exact', 600]:+.3f} [{paired.kid_diff_ci_low['exact', 600]:+.3f}, "
+    "{paired.kid_diff_ci_high['exact', 600]:+.3f}] at step 600,\nknn - vanilla {paired.kid_diff_mean['knn', 600]:+.3f} "
+    "[{paired.kid_diff_ci_low['knn', 600]:+.3f}, {paired.kid_diff_ci_high['knn', 600]:+.3f}]",
+    "after {seeds.steps_method[0]:.0f}, {seeds.steps_method[1]:.0f} and {seeds.steps_method[2]:.0f} steps: ratios "
+    "{seeds.ratio[0]:.2f}, {seeds.ratio[1]:.2f}, {seeds.ratio[2]:.2f}\n(median {eff.ratio_median['knn']:.2f};",
+    "linear assignment {-paper.paper_rel_pct['exact']:.1f}% and KNN {-paper.paper_rel_pct['knn']:.1f}% below vanilla; "
+    "here linear assignment is {paper.ours_rel_pct['exact']:.1f}% above vanilla and KNN "
+    "{-paper.ours_rel_pct['knn']:.1f}%\nbelow it.",
+    "exact - vanilla {exact.sampling_floor_sd:.3f}, knn - vanilla {knn.sampling_floor_sd:.3f}, knn - exact\n"
+    "{knn_exact.sampling_floor_sd:.3f}.",
+    "(knn - vanilla decides on [{knn.decided_low:.2f}, {knn.decided_high:+.2f}])",
+    "by {-knn['mean']:.2f} proxy FD ({-paper.ours_rel_pct['knn']:.1f}%), and reaches vanilla's final FD about "
+    "{eff.ratio_median['knn']:.1f} times sooner",
+    "(at step 600 p {knn.p:.3f}, q {knn.q:.3f})", "(at step 600 p {exact.p:.3f}, q {exact.q:.3f}:",
+    "(`fd_source` {paired.fd_source_diff_mean['exact', 600]:+.2f} [{paired.fd_source_diff_ci_low['exact', 600]:+.2f}, "
+    "{paired.fd_source_diff_ci_high['exact', 600]:+.2f}]",
+    "-{-knn_exact['mean']:.2f} [{knn_exact.ci_low:.2f}, {knn_exact.ci_high:.2f}], 3/3 seeds (q {knn_exact.q:.3f})",
+]
+# the paper's fine-tuning FIDs (official README) and the model's parameter count
+FINETUNING_QUOTED = ["FID 11.45 vanilla, 10.28 linear assignment,\n10.38 KNN", "1.05M UNet"]
+
 # section title -> (its table namespace, its phrases, its literal quotes)
 SECTION_PHRASES = {
     "Distance reduction": (_distance_namespace, DISTANCE_PHRASES, []),
     "What the assignment does to the noise": (_geometry_namespace, GEOMETRY_PHRASES, []),
     "Assignment timing": (_timing_namespace, TIMING_PHRASES, TIMING_QUOTED),
     "Unconditional training": (_unconditional_namespace, UNCONDITIONAL_PHRASES, UNCONDITIONAL_QUOTED),
+    "Fine-tuning from one pretrained model": (_finetuning_namespace, FINETUNING_PHRASES, FINETUNING_QUOTED),
 }
 
 
