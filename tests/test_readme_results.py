@@ -771,7 +771,7 @@ def _ablation_namespace() -> dict:
     tables = ROOT / "results" / "tables"
     verdicts = pd.read_csv(tables / "report_verdicts.csv").set_index("claim")
 
-    def verdict(words: str, last: str = ""):   # the report's row whose claim contains ``words`` (and ends with ``last``)
+    def verdict(words: str, last: str = ""):   # the report's row whose claim holds ``words`` (and ends with ``last``)
         rows = verdicts[verdicts.index.str.contains(words, regex=False) & verdicts.index.str.endswith(last)]
         assert len(rows) == 1, (words, list(rows.index))
         return rows.iloc[0]
@@ -848,7 +848,8 @@ CONSISTENCY_PHRASES = [
     "Karras levels on [{cc.sigma_min}, {cc.sigma_max:.0f}] with rho {cc.rho:.0f}, the number of levels doubling",
     "lognormal({cc.p_mean}, {cc.p_std}), loss weight", "EMA {cpu['ema_decay']},",
     "two-step (80, then {cc.two_step_sigma} as in iCT)",
-    "exact reached it in {eff.n_reached[1, 'exact']} of 3 seeds (median ratio at most {eff.ratio_median[1, 'exact']:.2f},"
+    "exact reached it in {eff.n_reached[1, 'exact']} of 3 seeds (median ratio at most "
+    "{eff.ratio_median[1, 'exact']:.2f},"
     "\ndistribution-free 75% interval [{eff.ratio_ci_low[1, 'exact']:.0f}, {eff.ratio_ci_high[1, 'exact']:.2f}]), "
     "knn in {eff.n_reached[1, 'knn']} of 3 (median ratio at most {eff.ratio_median[1, 'knn']:.1f}, interval "
     "[{eff.ratio_ci_low[1, 'knn']:.0f}, {eff.ratio_ci_high[1, 'knn']:.2f}]); two-step,\nexact in none (all censored, "
