@@ -14,11 +14,11 @@ equal another cell passes (for one-decimal numbers in these sections that is 25-
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
 tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
 experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
-and paired interval at its method, sampler and step). The prose of every section is bound cell by cell too: every
-decimal number in it is written by a phrase that names its cell or the ratio of two cells (``SECTION_PHRASES``,
-rendered from the tables and found verbatim), or quoted. (Matching the prose only against the tables its paragraph
-names would still have passed 63% of random numbers, against 73% for the whole section, which is why each number is
-bound to its cell.)
+and paired interval at its method, sampler and step). The prose of every section, and of docs/performance.md before
+its GPU part, is bound cell by cell too: every decimal number in it is written by a phrase that names its cell or
+the ratio of two cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. (Matching the
+prose only against the tables its paragraph names would still have passed 63% of random numbers, against 73% for the
+whole section, which is why each number is bound to its cell.)
 """
 import re
 from pathlib import Path
@@ -997,3 +997,40 @@ def test_every_result_section_binds_its_prose():
     titles = [title for title, _ in _sections()]
     unbound = [t for t in titles if not any(t.startswith(key) for key in SECTION_PHRASES)]
     assert not unbound and len(titles) == len(SECTION_PHRASES), unbound
+
+
+def _performance_namespace() -> dict:
+    tables = ROOT / "results" / "tables"
+    overhead = pd.read_csv(tables / "assignment_overhead.csv").set_index(["batch_size", "method", "assignment_runs"])
+    return {**_timing_namespace(), "overhead": overhead,
+            "thread": overhead.loc[(slice(None), "exact", "thread")],
+            "speed": pd.read_csv(tables / "training_throughput.csv").set_index("variant")}
+
+
+# docs/performance.md up to its GPU part: `a` the timing table's solve times (as above), `overhead` and `thread` the
+# overhead table, `speed` the training-throughput table by variant
+PERFORMANCE_PHRASES = [
+    "`auction` {a.exact_scipy[1024] / a.exact[1024]:.0f}x scipy on the raw L2 matrix, "
+    "{a.exact_jv[1024] / a.exact[1024]:.1f}x `jv`, {a.exact_lap[1024] / a.exact[1024]:.1f}x `lap`",
+    "The direct measure ({100 * overhead.assign_share[256, 'exact', 'inline']:.1f}% and "
+    "{100 * overhead.assign_share[1024, 'exact', 'inline']:.1f}% of a step,",
+    "the background thread *hurts* ({thread.ratio_vs_vanilla.min():.2f}-{thread.ratio_vs_vanilla.max():.2f} here)",
+    "the channels-last layout nothing resolvable ({speed.ratio_min['channels_last']:.2f}-"
+    "{speed.ratio_max['channels_last']:.2f};",
+    "is {speed.ratio_vs_default['bf16']:.2f}x faster\n  ({speed.ratio_min['bf16']:.2f}-{speed.ratio_max['bf16']:.2f}):",
+]
+# earlier runs of the stages (git history, named by commit), lap's version, the model's size
+PERFORMANCE_QUOTED = ["0.984 and 1.023, then 1.035 and 1.043, then 1.006 and 0.994 with `jv`, then 1.001 and 0.978, "
+                      "then 1.015 and 1.020:",
+                      "`lap.lapjv` (0.5.13)", "(1.05M UNet at 16x16)",
+                      "earlier measurements of this stage gave 9.12, 6.33 and 5.15 steps/s"]
+
+
+def test_every_number_of_the_cpu_performance_prose_is_the_cell_it_names():
+    """docs/performance.md's prose before its GPU part, bound like docs/results.md's sections."""
+    page = (ROOT / "docs" / "performance.md").read_text()
+    text = page[:page.index("- **GPU.**")]
+    missing, loose = unbound_numbers(text, render_phrases(PERFORMANCE_PHRASES, _performance_namespace())
+                                     + PERFORMANCE_QUOTED)
+    assert not missing, "phrases not on the page (a number changed?):\n" + "\n".join(missing)
+    assert not loose, f"numbers of the prose bound to no cell: {loose}"
