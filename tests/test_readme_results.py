@@ -2,8 +2,8 @@
 files the pipeline wrote, and the README's and docs' tables of GPU measurements are their tables, cell by cell.
 
 Each "### ..." section of docs/results.md names its tables (``results/tables/<name>.csv``, wildcards allowed). Every
-number with a decimal point in the section (a one-decimal speed ratio such as "2.4x" excepted: a ratio of two cells)
-must be, at the precision written, a value of those tables: a cell,
+number with a decimal point in the section's markdown tables (its prose is bound to named cells, below; a one-decimal
+speed ratio such as "2.4x" excepted: a ratio of two cells) must be, at the precision written, a value of those tables: a cell,
 a seed mean or standard deviation per method and step, the paired interval of any two methods of a
 fid table, a percentage or a ms -> s conversion of one, the distance
 change of a training table, a number of the generated report, or a setting in params.yaml. Numbers quoted from the
@@ -131,9 +131,14 @@ def _section_inputs():
         yield title, text, files, next((q for prefix, q in QUOTED.items() if title.startswith(prefix)), {})
 
 
+def _table_lines(text: str) -> str:
+    return "\n".join(x for x in text.splitlines() if x.lstrip().startswith("|"))
+
+
 def test_every_number_of_the_result_sections_is_in_the_result_files():
+    """The sections' markdown tables (their prose is checked cell by cell: SECTION_PHRASES)."""
     problems = {title: missing for title, text, files, quoted in _section_inputs()
-                if (missing := _unmatched(text, _values(files), quoted))}
+                if (missing := _unmatched(_table_lines(text), _values(files), quoted))}
     assert not problems, f"README numbers not found in the result files: {problems}"
 
 
