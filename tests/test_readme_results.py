@@ -619,10 +619,10 @@ def _prose(text: str) -> str:
     return "\n".join(x for x in text.splitlines() if not x.lstrip().startswith("|"))
 
 
-def unbound_numbers(text: str, phrases: list[str]) -> tuple[list[str], list[str]]:
+def unbound_numbers(text: str, phrases: list[str], tables: bool = False) -> tuple[list[str], list[str]]:
     """(the phrases missing from ``text``'s prose, the numbers of its prose that no phrase writes): ``phrases`` are
-    the rendered phrases and the literal quotes."""
-    prose = _prose(text)
+    the rendered phrases and the literal quotes. ``tables``: its markdown tables' lines too."""
+    prose = text if tables else _prose(text)
     missing = [p for p in phrases if p not in prose]
     spans = [(m.start(), m.start() + len(p)) for p in phrases for m in re.finditer(re.escape(p), prose)]
     loose = [m.group(0) for m in NUMBER.finditer(prose)
@@ -1039,3 +1039,141 @@ def test_every_number_of_the_cpu_performance_prose_is_the_cell_it_names():
                                      + PERFORMANCE_QUOTED)
     assert not missing, "phrases not on the page (a number changed?):\n" + "\n".join(missing)
     assert not loose, f"numbers of the prose bound to no cell: {loose}"
+
+
+# ------------------------------------------------------------------ the README and the GPU pages, bound the same way
+def _verdict_lookup(verdicts: pd.DataFrame):
+    def verdict(words: str, last: str = ""):   # the report's row whose claim holds ``words`` (and ends with ``last``)
+        rows = verdicts[verdicts.index.str.contains(words, regex=False) & verdicts.index.str.endswith(last)]
+        assert len(rows) == 1, (words, list(rows.index))
+        return rows.iloc[0]
+    return verdict
+
+
+def _interval(mean: float, low: float, high: float, fmt: str = "+.2f") -> str:
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def _horizon_namespace() -> dict:
+    """`slope(experiment, comparison, setting)` and `last(...)`: horizon_trends.csv's slope per ln(step) and the last
+    step's paired difference, each as "mean [low, high]"; `crossover` its crossover steps."""
+    h = pd.read_csv(ROOT / "results" / "tables" / "horizon_trends.csv").set_index(["experiment", "comparison",
+                                                                                     "setting"])
+
+    def slope(experiment: str, comparison: str, setting: str = "cpu") -> str:
+        r = h.loc[(experiment, comparison, setting)]
+        return _interval(r.slope, r.ci_low, r.ci_high)
+
+    def last(experiment: str, comparison: str, setting: str = "cpu") -> str:
+        r = h.loc[(experiment, comparison, setting)]
+        return _interval(r.last_diff_mean, r.last_diff_ci_low, r.last_diff_ci_high)
+    return {"slope": slope, "last": last, "crossover": h.crossover_step}
+
+
+def _readme_namespace() -> dict:
+    tables, device = ROOT / "results" / "tables", ROOT / "results" / "device"
+    verdict = _verdict_lookup(pd.read_csv(tables / "report_verdicts.csv").set_index("claim"))
+
+    def row(words: str, last: str = "", decided: bool = False) -> str:   # a report row's interval
+        r = verdict(words, last)
+        return _interval(r["mean"], r.decided_low, r.decided_high) if decided else _interval(r["mean"], r.ci_low,
+                                                                                             r.ci_high)
+    distance = pd.read_csv(tables / "distance_reduction.csv").set_index(["representation", "batch_size"])
+    cuda = pd.read_csv(device / "tables" / "assignment_timing_cuda.csv").set_index(["method", "batch_size"])
+    last_step = pd.read_csv(tables / "flow_last_step.csv")
+    ratios = pd.read_csv(tables / "ablation_contrasts.csv").set_index(["arm", "variant"])
+    from immiscible.experiments.report import FDR_LEVEL
+    return {**_horizon_namespace(), "v": verdict, "row": row, "fdr": FDR_LEVEL,
+            "pct": distance.delta_mean_distance_pct, "cuda": cuda.total_ms, "paper_ms": cuda.paper_total_ms,
+            "host": pd.read_csv(device / "auction_profile.csv").set_index(["batch_size", "setting"]).solve_ms,
+            "space": pd.read_csv(tables / "noise_space.csv").set_index("pairing").corr_first_direction,
+            "knn": pd.read_csv(tables / "knn_marginal.csv").set_index(["method", "k", "resolution"]).norm_change_pct,
+            "at_t1": last_step[last_step.t == 1].groupby(["method", "noise"]).mean_l2.mean(),
+            "mean_image": last_step.set_index("method").mean_l2["dataset mean image"], "ratios": ratios,
+            "gpu": pd.read_csv(ROOT / "results" / "gpu" / "tables" / "unconditional_paired.csv")
+            .set_index(["method", "baseline", "step"]).fd_diff_mean}
+
+
+# the README: its headline table's "measured" cells and the verdicts-by-horizon paragraph. `v(words)` is the report's
+# row whose claim holds the words, `row(words)` its interval (`decided=True`: the interval that decides, the sampling
+# noise added); `pct` distance_reduction.csv's change by (representation, B); `cuda`/`paper_ms` the GPU timing table
+# by (method, B), `host` the solver-side profile by (B, setting); `space`, `knn` the geometry tables; `at_t1` the
+# last-step table's seed means at t = 1; `ratios` the ablation's contrasts; `gpu` the GPU study's paired gaps
+README_PHRASES = [
+    "family of every interval row of the report, is below {fdr:.2f};",
+    "| {pct['pixels_standardized'].max():.2f} to {pct['pixels_standardized'].min():.2f}% (standardised pixels); "
+    "{pct['pixels'].max():.2f} to {pct['pixels'].min():.2f}% on [-1, 1] pixels |",
+    "| {cuda['exact', 128]:.2f} / {cuda['exact', 512]:.1f} / {cuda['exact', 1024]:.1f} ms at B = 128 / 512 / 1024 on "
+    "an H200 host (paper {paper_ms['exact', 128]:.1f} / {paper_ms['exact', 512]:.1f} / {paper_ms['exact', 1024]:.1f}); "
+    "the C auction on 4 host threads solves B=1024 in {host[1024, 'auction_cpu,threads=4']:.1f} ms |",
+    "| FD exact - vanilla {row('(unconditional)')} at step 2000, 0/3 seeds better |",
+    "| 2-step: {row('consistency training, CIFAR-10 (2-step')} (q {v('consistency training, CIFAR-10 (2-step').q:.3f}); "
+    "1-step: {row('consistency training, CIFAR-10 (1-step')} (p {v('consistency training, CIFAR-10 (1-step').p:.3f}, "
+    "q {v('consistency training, CIFAR-10 (1-step').q:.3f}) at step 1200 |",
+    "| class-blind exact {row('class-blind assignment (official)')}; class-aware exact_class "
+    "{row('training: class-aware assignment')}; knn {row('training: KNN')}, with the sampling noise "
+    "[{v('training: KNN').decided_low:+.2f}, {v('training: KNN').decided_high:+.2f}] (p {v('training: KNN').p:.3f}, "
+    "q {v('training: KNN').q:.3f}) at step 800 |",
+    "| KNN {row('fine-tuning: KNN')}, 3/3 (p {v('fine-tuning: KNN').p:.3f}, q {v('fine-tuning: KNN').q:.3f}); exact "
+    "{row('fine-tuning: linear')}, 0/3 (p {v('fine-tuning: linear').p:.3f}, q {v('fine-tuning: linear').q:.3f}) |",
+    "| knn - exact: {row('k=8): class-conditional')} (class-conditional), {row('k=8): fine-tuning')} (fine-tuning), "
+    "3/3 seeds each; consistency {row('k=8): consistency (2-step)')} (2-step), {row('k=8): consistency (1-step)')} "
+    "(1-step).",
+    "| correlation {space['assigned']:+.2f} assigned vs {space['random']:+.2f} random (batch of 512) |",
+    "| norm {knn['knn', 4, 32]:.2f}% at k=4, {knn['knn', 64, 32]:.2f}% at k=64 (32 px); {knn['knn', 4, 16]:.2f}% / "
+    "{knn['knn', 64, 16]:.2f}% at 16 px |",
+    "| distance to truth at t=1, 3 seeds: exact - vanilla {row('at the last step')} (assigned noise; the mean image: "
+    "{mean_image:.2f}); {at_t1['flow-exact', 'random']:.2f} vs "
+    "{at_t1['flow-vanilla', 'random']:.2f} (random noise) |",
+    "| k = 2 / 4 / 8 / 16 / 32: {row('at k=2 ')} / {row('at k=4 ')} / {row('at k=8 ')} / {row('at k=16 ')} / "
+    "{row('at k=32 ')} at step 800, 3 seeds |",
+    "but q {v('flow matching: KNN').q:.3f} after the multiplicity correction",
+    "| knn8 {row('flow matching: KNN')}, with the sampling noise (paired sd "
+    "{v('flow matching: KNN').sampling_floor_sd:.3f}) [{v('flow matching: KNN').decided_low:.2f}, "
+    "{v('flow matching: KNN').decided_high:.2f}] (p {v('flow matching: KNN').p:.3f}, "
+    "q {v('flow matching: KNN').q:.3f}); exact {row('flow matching: linear')}, 3/3 seeds each |",
+    "the closest: KNN at exact's distance cut costs less (p {v('KNN costs as much as exact').p:.3f}, "
+    "q {v('KNN costs as much as exact').q:.3f})",
+    "| KNN k=4 cuts the distance as much as exact and costs less: {row('KNN costs as much as exact')}, 3/3 "
+    "(q {v('KNN costs as much as exact').q:.3f}); exact/vanilla FD ratio {ratios.ratio_reference['flow', 'exact']:.3f} "
+    "with eps, {ratios.ratio_arm['flow', 'exact']:.3f} with flow: flow over eps "
+    "{ratios.ratio_of_ratios_mean['flow', 'exact']:.3f} [{ratios.ratio_of_ratios_ci_low['flow', 'exact']:.3f}, "
+    "{ratios.ratio_of_ratios_ci_high['flow', 'exact']:.3f}] (p {v('exact with flow matching').p:.3f}, "
+    "q {v('exact with flow matching').q:.3f}) |",
+    "unconditional exact - vanilla {slope('unconditional', 'exact - vanilla')} per ln(step) over steps 400-2000",
+    "fine-tuning exact - vanilla {slope('finetuning', 'exact - vanilla')} over steps 200-600",
+    "(2-step exact - vanilla {slope('consistency (2-step sampling)', 'exact - vanilla')})",
+    "class-blind exact - vanilla shrinks, {slope('class_conditional', 'exact - vanilla')} per ln(step),\nbut is still "
+    "{last('class_conditional', 'exact - vanilla')} at step 800; knn - vanilla crossed zero "
+    "({slope('class_conditional', 'knn - vanilla')} per ln(step), near\nstep "
+    "{crossover['class_conditional', 'knn - vanilla', 'cpu']:.0f} on the fitted line; "
+    "{last('class_conditional', 'knn - vanilla')} at 800); knn - exact {slope('class_conditional', 'knn - exact')}",
+    "unconditional exact - vanilla shrinks, {slope('unconditional', 'exact - vanilla', 'gpu')} per ln(step) over "
+    "steps\n500-2000, from {gpu['exact', 'vanilla', 500]:+.2f} at step 500 to "
+    "{last('unconditional', 'exact - vanilla', 'gpu')} at 2000, flat over the last two evaluations "
+    "({gpu['exact', 'vanilla', 1500]:+.2f} at\n1500)",
+    "flat there ({slope('unconditional', 'knn - vanilla', 'gpu')}; {last('unconditional', 'knn - vanilla', 'gpu')} at "
+    "2000)",
+]
+# quotes: the papers (the follow-up's arXiv number, the slides' SD fine-tuning FIDs), the models' parameter counts
+# (models.py), the paper's DDPM settings (dropout and betas: models.py and the schedules), tools, an example value
+# and an earlier cross-machine check (its numbers are not kept in a result file, as the README says)
+README_QUOTED = ["arXiv 2505.18521", "(SD v1.4: 11.45 -> 10.28 LA, 10.38 KNN)", "1.05M-parameter UNet",
+                 "the 35.7M DDPM UNet", "dropout 0.1", "EMA 0.9999, linear betas 1e-4..0.02", "Python 3.11",
+                 "0.1-scaled tensors", "gcc 12.2", "label_dropout=0.1", "train.lr=0.001",
+                 "0.7047 instead of 0.7045 test accuracy"]
+
+
+def _readme_headline_and_prose(page: str) -> str:
+    """The README's prose and its headline table (its other tables: the budget's stage minutes, the notebook map)."""
+    head, rest = page.split("## Headline results", 1)
+    headline, tail = rest.split("\n## ", 1)
+    return "\n".join([_prose(head), headline, _prose(tail)])
+
+
+def test_every_number_of_the_readme_is_the_cell_it_names():
+    text = _readme_headline_and_prose((ROOT / "README.md").read_text())
+    missing, loose = unbound_numbers(text, render_phrases(README_PHRASES, _readme_namespace()) + README_QUOTED,
+                                     tables=True)
+    assert not missing, "phrases not in the README (a number changed?):\n" + "\n".join(missing)
+    assert not loose, f"numbers of the README bound to no cell: {loose}"
