@@ -108,6 +108,9 @@ def eval_key(snapshot: Path, exp: ConsistencyExperiment, extractor_key: str, ref
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
+SAMPLE_SEED_AT = 6  # a point is (method, seed, step, snapshot, is the last, sampler[, sample seed])
+
+
 def measurer(exp: ConsistencyExperiment, device: str | None = None):
     """(name_of, measure) of the evaluation loop for points (method, seed, step, snapshot, is the last, sampling
     steps[, sample seed]): FD and KID of one- or two-step samples of one EMA snapshot, drawn from the given sample
@@ -117,8 +120,8 @@ def measurer(exp: ConsistencyExperiment, device: str | None = None):
     ref, ref_key = reference_features(exp, extractor)
     ref_stats, ext_key, e = feature_stats(ref), extractor_key(extractor), exp.eval
 
-    def seed_of(point):   # the sampler is element 5, a repeat's sample seed element 6
-        return point_sample_seed(point, at=6)
+    def seed_of(point):
+        return point_sample_seed(point, at=SAMPLE_SEED_AT)
 
     def name_of(point):
         return f"{point[5]}step-{eval_key(point[3], exp, ext_key, ref_key, seed_of(point), point[5])}"
@@ -153,7 +156,8 @@ def sampling_noise(exp: ConsistencyExperiment, device: str | None = None) -> pd.
     report adds to this experiment's intervals. Without rows when ``sampling_repeats`` is 0."""
     points = [(*p[:5], k, p[5]) for p in sampling_noise_points(exp) for k in exp.eval.sample_steps]
     return evaluate_sampling_noise(exp, *measurer(exp, device), points=points,
-                                   sort=("sample_steps", "method", "seed", "step", "sample_seed"), seed_at=6)
+                                   sort=("sample_steps", "method", "seed", "step", "sample_seed"),
+                                   seed_at=SAMPLE_SEED_AT)
 
 
 def per_sampler(fid: pd.DataFrame, frame) -> list[pd.DataFrame]:
