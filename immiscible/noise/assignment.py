@@ -21,19 +21,20 @@ knn        not a permutation (see ``knn_noise``): each image draws k noises and 
 
 Solvers for ``exact`` (all give an optimal permutation; ``solve_assignment``):
 ``"jv"``     the project's Jonker-Volgenant kernel (``csrc/jv.c``), written for the compiler's vectorizer and built
-             on first use (``immiscible.noise.native``); float32 or float64 costs. 2.7x faster than ``lap`` on
-             CIFAR-10 batches of 1024 (results/tables/assignment_timing.csv).
+             on first use (``immiscible.noise.native``); float32 or float64 costs. Several times faster than ``lap``
+             on CIFAR-10 batches of 1024 (the ratios: results/tables/assignment_timing.csv).
 ``"lap"``    Jonker-Volgenant from the ``lap`` package (float64, scalar C++).
 ``"scipy"``  ``scipy.optimize.linear_sum_assignment`` on the row/column-reduced cost.
 ``"auction"`` the certified auction: epsilon-scaled bidding rounds give near-optimal duals, every row whose column is
              not its float64 row minimum under those duals is freed, and ``jv``'s shortest augmenting paths assign the
              freed rows from the duals, which is exact. On the CPU the C kernel (``csrc/jv_impl.h``,
-             ``native.solve_auction_cpu``; its solve is 2.1x / 2.5x faster than ``jv`` at B = 1024 / 2048 on a
-             2-core CPU, results/tables/assignment_timing.csv; ``threads`` to bid in parallel); on CUDA tensors
+             ``native.solve_auction_cpu``; its solve is faster than ``jv``'s from B = 256 on, the ratios in
+             results/tables/assignment_timing.csv; ``threads`` to bid in parallel); on CUDA tensors
              ``immiscible.noise.auction`` in torch, where the B x B matrix stays on the GPU unless the finish needs
              it.
 ``"auto"``   (default) the GPU auction for CUDA batches of at least ``AUCTION_MIN_BATCH``; else the C ``auction``
-             (on ``HOST_THREADS_WITH_GPU`` threads for a CUDA batch on a host of >= 8 cores) where the kernel builds (a C compiler is needed), else ``lap`` where it is installed (the optional extra
+             (on ``HOST_THREADS_WITH_GPU`` threads for a CUDA batch on a host of >= 8 cores) where the kernel builds
+             (a C compiler is needed), else ``lap`` where it is installed (the optional extra
              ``immiscible[lap]``), else ``scipy``.
 Subtracting each row's and then each column's minimum changes every permutation's total by the same
 constant, so the optimal permutation is unchanged, but the nearly-constant raw L2 matrix becomes a
