@@ -1,5 +1,8 @@
-"""Shared fixtures: small ImageFolder datasets generated on the fly (the project never ships data), and the
-project's params.yaml with a test's overrides."""
+"""Shared fixtures: small ImageFolder datasets generated on the fly (the project never ships data), the project's
+params.yaml with a test's overrides, and one dry run of the GPU check shared by the tests that read it."""
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -52,6 +55,30 @@ def make_archive(folder: Path, archive: Path, wrap: str = "") -> Path:
             tar.add(p, arcname=str(Path(wrap) / p.relative_to(folder)) if wrap else str(p.relative_to(folder)),
                     recursive=False)
     return archive
+
+
+def write_prepared(folder: Path, n_train: int = 96, n_test: int = 64) -> None:
+    """A prepared CIFAR-10-shaped dataset (train.npz / test.npz of random 32x32 images, 10 classes) in ``folder``."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    classes = np.array([f"c{i}" for i in range(10)])
+    for split, n in (("train", n_train), ("test", n_test)):
+        np.savez(folder / f"{split}.npz", images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 labels=rng.integers(0, 10, n), classes=classes)
+
+
+@pytest.fixture(scope="session")
+def device_check_dry_run(tmp_path_factory):
+    """``tools/device_check.sh`` in its DRY_RUN mode on a prepared random dataset, once per test session: (its output
+    folder, the finished process). Its `gpu_quick` part is the whole `gpu_smoke` study (tables in OUT/gpu, runs in
+    OUT/checkpoints), which tests/test_gpu_study.py checks; tests/test_device_check.py checks the other parts."""
+    root = tmp_path_factory.mktemp("device_check")
+    write_prepared(root / "bundle" / "data" / "cifar10")
+    out = root / "out"
+    env = {**os.environ, "DRY_RUN": "1", "BUNDLE": str(root / "bundle"), "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "tools" / "device_check.sh"), str(out)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    return out, done
 
 
 @pytest.fixture

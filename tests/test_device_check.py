@@ -1,11 +1,9 @@
 """The GPU check's plumbing, on the CPU: the timing CLI works without the notebook stack (a CUDA PyTorch image has
 no papermill, clean-fid or DVC), and tools/device_check.sh runs end to end in its DRY_RUN mode."""
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -58,17 +56,8 @@ def test_timing_group_without_a_setting_names_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_device_check_dry_run_writes_its_results(tmp_path):
-    data = tmp_path / "bundle" / "data" / "cifar10"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 96), ("test", 64)):
-        np.savez(data / f"{split}.npz", images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                 labels=rng.integers(0, 10, n), classes=np.array([f"c{i}" for i in range(10)]))
-    out = tmp_path / "out"
-    env = {**os.environ, "DRY_RUN": "1", "BUNDLE": str(tmp_path / "bundle"), "PYTHON": sys.executable}
-    r = subprocess.run(["bash", str(ROOT / "tools" / "device_check.sh"), str(out)], env=env, capture_output=True,
-                       text=True, timeout=600)
+def test_device_check_dry_run_writes_its_results(device_check_dry_run):
+    out, r = device_check_dry_run
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     timing = pd.read_csv(out / "tables" / "assignment_timing_cuda.csv")
     assert set(timing.batch_size) == {32, 64}

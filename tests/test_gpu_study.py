@@ -2,12 +2,8 @@
 smoke size: 9 runs side by side, 3 methods x 3 seeds, in the unconditional and consistency experiments, and each
 ablation arm's runs side by side) goes from prepared data to the evaluations' tables in the GPU results folder, and
 the report reads them as its `gpu` setting."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -15,15 +11,6 @@ import yaml
 from immiscible.experiments.unconditional import setup
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_prepared(folder: Path, n_train: int = 96, n_test: int = 64) -> None:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    classes = np.array([f"c{i}" for i in range(10)])
-    for split, n in (("train", n_train), ("test", n_test)):
-        np.savez(folder / f"{split}.npz", images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-                 labels=rng.integers(0, 10, n), classes=classes)
 
 
 def test_gpu_profiles_train_their_runs_side_by_side():
@@ -44,14 +31,11 @@ def test_gpu_profiles_train_their_runs_side_by_side():
 
 
 @pytest.mark.slow
-def test_gpu_study_runs_end_to_end_in_its_smoke_form(tmp_path):
-    write_prepared(tmp_path / "data" / "cifar10")
-    out = tmp_path / "gpu"
-    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(tmp_path / "data"),
-           "CHECKPOINT_ROOT": str(tmp_path / "checkpoints")}
-    r = subprocess.run(["bash", str(ROOT / "tools" / "gpu_study.sh"), "gpu_smoke", str(out)], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=900)
+def test_gpu_study_runs_end_to_end_in_its_smoke_form(device_check_dry_run):
+    """The GPU check's dry run runs the study as a GPU machine would (tools/gpu_study.sh gpu_smoke)."""
+    check, r = device_check_dry_run
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out, runs = check / "gpu", check / "checkpoints"
     fid = pd.read_csv(out / "tables" / "unconditional_fid.csv")
     assert set(fid.method) == {"vanilla", "exact", "knn"} and set(fid.seed) == {0, 1, 2}
     assert set(fid.step) == {3, 6} and fid.fd.notna().all()
@@ -61,7 +45,6 @@ def test_gpu_study_runs_end_to_end_in_its_smoke_form(tmp_path):
     assert list(seconds.part) == ["classifier", "train", "evaluate", "consistency_classifier", "consistency_train",
                                   "consistency_evaluate", "ablation_train", "ablation_classifier",
                                   "ablation_evaluate"]
-    runs = tmp_path / "checkpoints"
     for m in ("vanilla", "exact", "knn"):  # every run trained side by side, in its own folder
         for experiment in ("unconditional", "consistency"):
             log = (runs / experiment / "gpu_smoke" / f"{m}-0" / "log.jsonl").read_text()
