@@ -254,7 +254,7 @@ def test_readme_solver_side_table_is_the_auction_profile():
         assert cells[1:] == [fmt(d[int(cells[0]), s]) for s in settings], line
 
 
-INTERVAL = re.compile(r"(?<![\w.])([+-]?\d+\.\d+)x? \[([+-]?\d+\.\d+)x?, ([+-]?\d+\.\d+)x?\]")
+INTERVAL = re.compile(r"(?<![\w.])([+-]?\d+\.\d+)x?\s+\[([+-]?\d+\.\d+)x?,\s+([+-]?\d+\.\d+)x?\]")  # across lines too
 
 
 def _interval_rows(files: list[Path]) -> np.ndarray:
