@@ -14,11 +14,12 @@ equal another cell passes (for one-decimal numbers in these sections that is 25-
 range). Intervals are therefore also checked as a whole row (estimate and both ends from one comparison), and the
 tables cell by cell against the cell each one names: the timing, overhead, throughput and GPU tables, and the
 experiments' tables of docs/results.md (unconditional, consistency, class-conditional, fine-tuning: every mean, sd
-and paired interval at its method, sampler and step). The prose of every section, and of docs/performance.md before
-its GPU part, is bound cell by cell too: every decimal number in it is written by a phrase that names its cell or
-the ratio of two cells (``SECTION_PHRASES``, rendered from the tables and found verbatim), or quoted. (Matching the
-prose only against the tables its paragraph names would still have passed 63% of random numbers, against 73% for the
-whole section, which is why each number is bound to its cell.)
+and paired interval at its method, sampler and step). The prose of every section is bound cell by cell too: every
+decimal number in it is written by a phrase that names its cell or the ratio of two cells (``SECTION_PHRASES``,
+rendered from the tables and found verbatim), or quoted. So is every other page with numbers: the README's prose and
+headline table, docs/performance.md, docs/gpu.md and docs/stable_diffusion.md (``PAGES``). (Matching the prose only
+against the tables its paragraph names would still have passed 63% of random numbers, against 73% for the whole
+section, which is why each number is bound to its cell.)
 """
 import re
 from pathlib import Path
@@ -776,14 +777,17 @@ FINETUNING_PHRASES = [
 # the paper's fine-tuning FIDs (official README) and the model's parameter count
 FINETUNING_QUOTED = ["FID 11.45 vanilla, 10.28 linear assignment,\n10.38 KNN", "1.05M UNet"]
 
-def _ablation_namespace() -> dict:
-    tables = ROOT / "results" / "tables"
-    verdicts = pd.read_csv(tables / "report_verdicts.csv").set_index("claim")
-
+def _verdict_lookup(verdicts: pd.DataFrame):
     def verdict(words: str, last: str = ""):   # the report's row whose claim holds ``words`` (and ends with ``last``)
         rows = verdicts[verdicts.index.str.contains(words, regex=False) & verdicts.index.str.endswith(last)]
         assert len(rows) == 1, (words, list(rows.index))
         return rows.iloc[0]
+    return verdict
+
+
+def _ablation_namespace() -> dict:
+    tables = ROOT / "results" / "tables"
+    verdict = _verdict_lookup(pd.read_csv(tables / "report_verdicts.csv").set_index("claim"))
     fid = pd.read_csv(tables / "ablation_fid.csv")
     return {"paired": pd.read_csv(tables / "ablation_paired.csv").set_index(["arm", "variant"]),
             "contrast": pd.read_csv(tables / "ablation_contrasts.csv").set_index(["arm", "variant"]),
@@ -1039,14 +1043,6 @@ PERFORMANCE_QUOTED = ["0.984 and 1.023, then 1.035 and 1.043, then 1.006 and 0.9
 
 
 # ------------------------------------------------------------------ the README and the GPU pages, bound the same way
-def _verdict_lookup(verdicts: pd.DataFrame):
-    def verdict(words: str, last: str = ""):   # the report's row whose claim holds ``words`` (and ends with ``last``)
-        rows = verdicts[verdicts.index.str.contains(words, regex=False) & verdicts.index.str.endswith(last)]
-        assert len(rows) == 1, (words, list(rows.index))
-        return rows.iloc[0]
-    return verdict
-
-
 def _interval(mean: float, low: float, high: float, fmt: str = "+.2f") -> str:
     return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
 
@@ -1219,7 +1215,7 @@ GPU_PHRASES = [
     "by torch's flop counter, {cpu_rt.gflops_per_image['single']:.3f} GFLOP forward and backward",
     "the side-by-side default is {100 * (1 - cpu_rt.vs_single['side_by_side']):.0f}% slower than one run alone in this "
     "run ({cpu_rt.vs_single_min['side_by_side']:.2f}-{cpu_rt.vs_single_max['side_by_side']:.2f} over the repeats; the "
-    "previous run measured it 1% faster); stacking (`vmap`) is "
+    "previous run, commit e6cff29, measured it 1% faster); stacking (`vmap`) is "
     "{100 * (1 - cpu_rt.vs_single['side_by_side_vmap']):.0f}% slower",
     "the proxy\nclassifier {sec.classifier} s, the 9 runs side by side {sec.train} s ({steps_per_s:.2f} steps/s for all "
     "9 at once,",

@@ -90,7 +90,7 @@ def image_noise_distance(x0: torch.Tensor, noise: torch.Tensor, cost: str = "l2"
     b = noise.reshape(noise.shape[0], -1).to(dtype)  # (B, D)
     # The cross term is the GEMM (in ``dtype``); norms and the sum in fp32 so that fp16 cannot overflow. In place
     # after the one (B, B) sum of the norms: the same roundings as ``norms - 2.0 * cross`` (doubling is exact), with
-    # two fewer (B, B) temporaries (on a CPU at B = 2048 a fifth of the time besides the GEMM).
+    # two fewer (B, B) temporaries, which matters at large B (docs/results.md, assignment timing).
     cross = (a @ b.T).float()                                                           # (B, B)
     sq = a.float().pow(2).sum(1, keepdim=True) + b.float().pow(2).sum(1)[None, :]
     sq.sub_(cross.mul_(2.0)).clamp_min_(0)
