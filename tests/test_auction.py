@@ -168,3 +168,55 @@ def test_auto_on_the_cpu_is_the_c_auction_and_threads_are_checked():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
             native.solve_auction_cpu(np.ascontiguousarray(cost), bad)
+
+
+@needs_kernel
+def test_the_kernels_scan_threshold_is_the_one_python_names():
+    source = (native.SOURCE_DIR / "jv.c").read_text()
+    assert f"#define JV_SCAN_MIN_N {native.SCAN_MIN_N} " in source
+
+
+@needs_kernel
+@pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied"])
+def test_split_scans_give_the_same_result_bit_for_bit(kind):
+    """From ``native.SCAN_MIN_N`` columns on, each shortest-path scan is split over the threads (blocks of columns;
+    an uneven n gives uneven blocks): the permutation and the final prices are those of one thread, bit for bit, for
+    the JV solver and for the JV finish from an auction's duals; both are scipy's optimum."""
+    n = native.SCAN_MIN_N + 3
+    cost = np.ascontiguousarray(costs(kind, n, seed=11))
+    one, best = native.solve_jv(cost), optimum(cost)
+    assert total(cost, one) == pytest.approx(best, rel=1e-12, abs=1e-12)
+    full, report = solve_auction(torch.from_numpy(cost))       # an optimal state: its duals make every row tight
+    partial = np.where(np.random.default_rng(0).random(n) < 0.3, -1, full.numpy())  # with 30% of its rows freed
+    starts = [(np.full(n, -1), report.duals.numpy()), (partial, report.duals.numpy())]
+    for threads in (2, 1000) if kind == "random" else (2,):   # 1000: capped at the cores
+        assert np.array_equal(native.solve_jv(cost, threads=threads), one)
+        for x, v in starts:
+            p1, v1 = native.finish_jv(cost, x, v, 1)
+            pt, vt = native.finish_jv(cost, x, v, threads)
+            assert np.array_equal(p1, pt) and np.array_equal(v1, vt)
+            assert total(cost, pt) == pytest.approx(best, rel=1e-12, abs=1e-12)
+
+
+@needs_kernel
+def test_the_auction_with_split_scans_reaches_the_optimum():
+    n = native.SCAN_MIN_N + 1
+    cost = np.ascontiguousarray(costs("cifar_like", n, seed=12))
+    best = optimum(cost)
+    for threads in (1, 2):
+        perm, report = solve_auction(torch.from_numpy(cost), threads=threads)
+        assert report.certified and total(cost, perm) == pytest.approx(best, rel=1e-12)
+        perm, _, stats = native.solve_auction_cpu(cost, threads)
+        assert stats["freed"] > 0 and total(cost, perm) == pytest.approx(best, rel=1e-12)
+    assert total(cost, solve_assignment(cost, "jv", threads=2)) == pytest.approx(best, rel=1e-12)
+
+
+@needs_kernel
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_every_solver_with_threads_checks_them(bad):
+    cost = np.ascontiguousarray(costs("random", 8, seed=1))
+    for call in (lambda: native.solve_jv(cost, threads=bad), lambda: solve_assignment(cost, "jv", threads=bad),
+                 lambda: native.finish_jv(cost, np.full(8, -1), np.zeros(8), bad),
+                 lambda: solve_auction(torch.from_numpy(cost) * 0 + torch.eye(8, dtype=torch.float32), threads=bad)):
+        with pytest.raises(ValueError, match="threads must be an integer >= 1"):
+            call()

@@ -1,7 +1,8 @@
 """Where the certified auction's time goes, per batch size and setting (for tuning ``solve_auction``'s defaults):
 seconds of the fp32 distances, of the whole solve, the rounds, the rows left to the CPU finish. CIFAR-10 images
 (DATA_DIR/cifar10) when present, else uniform [-1, 1] vectors; Gaussian noise. With ``--host-threads``, the same
-costs are also solved on the host by the C auction on that many threads and by ``jv`` (rows with device "cpu"),
+costs are also solved on the host by the C auction on that many threads and by ``jv`` (one thread, and its scans split
+over each thread count above one; rows with device "cpu"),
 which says which side should solve on the machine at hand.
 
     python tools/auction_profile.py --out results/device/auction_profile.csv [--device cuda] [--batch-sizes ...]
@@ -15,10 +16,11 @@ import pandas as pd
 import torch
 
 from immiscible.noise import native
-from immiscible.noise.assignment import image_noise_distance
+from immiscible.noise.assignment import HOST_THREADS_WITH_GPU, image_noise_distance
 from immiscible.noise.auction import solve_auction
 
-SETTINGS = [dict(), dict(scaling=4.0), dict(scaling=2.0), dict(scaling=4.0, tail=1 / 8), dict(eps_final=1e-5)]
+SETTINGS = [dict(), dict(threads=HOST_THREADS_WITH_GPU), dict(scaling=4.0), dict(scaling=2.0),
+            dict(scaling=4.0, tail=1 / 8), dict(eps_final=1e-5)]  # threads: the finish's split scans, as training
 
 
 def main():
@@ -86,6 +88,8 @@ def host_rows(cost, threads, max_seconds, slow):
     optimum = c64[np.arange(B), linear_sum_assignment(c64)[1]].sum() if B <= 4096 else None
     solvers = [(f"auction_cpu,threads={t}", lambda t=t: native.solve_auction_cpu(cost, threads=t)) for t in threads]
     solvers.append(("jv_cpu", lambda: (native.solve_jv(cost), None, {})))
+    solvers += [(f"jv_cpu,threads={t}", lambda t=t: (native.solve_jv(cost, threads=t), None, {})) for t in threads
+                if t > 1]
     for name, solve in solvers:
         if name in slow:
             continue

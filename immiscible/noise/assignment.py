@@ -59,7 +59,7 @@ SOLVERS = ("auto", "jv", "lap", "scipy", "auction")
 AUCTION_MIN_BATCH = 8192  # "auto" on CUDA from here: on one H200 host (results/device/auction_profile.csv) the C
 #                          auction on 4 host threads solves B=4096 in 228 ms against the GPU auction's 282, and
 #                          8192 in 1655 ms against 1458
-HOST_THREADS_WITH_GPU = 4  # the C auction's threads for CUDA batches solved on the host, where the host has >= 8
+HOST_THREADS_WITH_GPU = 4  # host threads for CUDA batches (the C auction's bids, the JV finish's scans) on hosts of >= 8
 #                          cores (same table: 1.3x / 1.4x / 1.6x / 1.7x over one thread at B = 1024 ... 8192; 16
 #                          threads are no faster). A CPU training keeps 1 thread: its cores run the model.
 
@@ -152,7 +152,9 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto", threads: int = 1) -
 
     float16/float32 costs are solved in float32 by ``jv`` (``lap`` and ``scipy`` convert to float64, which
     changes no value). Every solver releases the GIL while it solves, so a solve in a background thread lets
-    Python run meanwhile. ``threads``: the C auction's bidding threads (the other solvers use one)."""
+    Python run meanwhile. ``threads``: the C auction's bidding threads, and for ``auction`` and ``jv`` the threads
+    that share each shortest-path scan from ``native.SCAN_MIN_N`` columns on (the same result on any number;
+    ``lap`` and ``scipy`` use one)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     cost = np.asarray(cost)
@@ -177,7 +179,7 @@ def solve_assignment(cost: np.ndarray, solver: str = "auto", threads: int = 1) -
         if largest >= native.MAX_COST:
             raise ValueError(f"costs of magnitude {largest:.3g} are too large for solver='jv' (limit "
                              f"{native.MAX_COST:g}); rescale the costs or use solver='lap'")
-        return native.solve_jv(cost, check=False)  # checked above
+        return native.solve_jv(cost, check=False, threads=threads)  # checked above
     cost = cost.astype(np.float64, copy=False)
     if solver == "lap":
         return _solve_lapjv(cost)
@@ -234,7 +236,8 @@ def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = 
         elif method == "exact" and (solver == "auction" or solver == "auto" and x0.is_cuda
                                     and B >= AUCTION_MIN_BATCH):
             # On the device: fp32 distances (one fp32 GEMM, whatever the inputs' precision), the certified auction
-            return solve_auction(image_noise_distance(x0, noise, cost, dtype=torch.float32))[0]
+            return solve_auction(image_noise_distance(x0, noise, cost, dtype=torch.float32),
+                                 threads=host_threads(x0))[0]
         else:
             dist = image_noise_distance(x0, noise, cost).float().cpu().numpy()  # fp32: what the GEMM computed
             perm = (solve_assignment(dist, solver, host_threads(x0)) if method == "exact"
@@ -243,8 +246,8 @@ def assignment_permutation(x0: torch.Tensor, noise: torch.Tensor, method: str = 
 
 
 def host_threads(x0: torch.Tensor) -> int:
-    """The C auction's threads for a batch solved on the host: ``HOST_THREADS_WITH_GPU`` for a CUDA batch on a host
-    of at least 8 cores (they are idle while the GPU trains), else 1."""
+    """The host threads of a batch's solve (the C auction's bids, the JV finish's scans): ``HOST_THREADS_WITH_GPU``
+    for a CUDA batch on a host of at least 8 cores (they are idle while the GPU trains), else 1."""
     return HOST_THREADS_WITH_GPU if x0.is_cuda and (os.cpu_count() or 1) >= 8 else 1
 
 

@@ -15,7 +15,8 @@ assigned column must attain its row minimum of cost_ij - v_j, computed in float6
 dual feasibility with complementary slackness, so the assignment is optimal (its total equals the dual bound). Rows
 where the check fails are freed and the project's Jonker-Volgenant kernel (``csrc/jv_impl.h``, step 4 only) finishes
 them on the CPU from the auction's duals: the shortest augmenting paths from a state that satisfies the same
-check, which is exact. ``report`` says how many rows the certificate freed and whether the CPU finished any.
+check, which is exact (each path's scans split over ``threads`` host threads from 2048 columns on). ``report``
+says how many rows the certificate freed and whether the CPU finished any.
 
 The same algorithm runs on the CPU in C (``native.solve_auction_cpu``, Gauss-Seidel bids), the default host solver.
 """
@@ -103,7 +104,7 @@ def violations(cost64: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 8.0, tail: float = 1 / 32,
-                  max_rounds: int = 100_000) -> tuple[torch.Tensor, AuctionReport]:
+                  max_rounds: int = 100_000, threads: int = 1) -> tuple[torch.Tensor, AuctionReport]:
     """Optimal permutation ``perm`` (long, on cost's device: row i gets column perm[i]) of a square cost matrix,
     and an ``AuctionReport``. The auction runs on the matrix's device in float64 and provides the duals; the
     result is certified for the float64 values of ``cost`` (module docstring).
@@ -112,8 +113,11 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
     over ``scaling``); ``eps_final``: the last phase's epsilon, relative to that largest entry; ``tail``: each phase
     stops once at most this fraction of the rows is still free (the last rounds of an auction phase are long
     price wars between few rows; the CPU finish assigns those rows from the duals in a fraction of the time). Any
-    setting gives the optimum: they only move work between the auction and the CPU finish."""
+    setting gives the optimum: they only move work between the auction and the CPU finish. ``threads``: the CPU
+    finish's shortest-path scans split over that many host threads (the same result on any number)."""
     check_cost(cost)
+    from immiscible.noise import native
+    native.check_threads(threads)
     n = cost.shape[0]
     if n == 1:
         return (torch.zeros(1, dtype=torch.long, device=cost.device),
@@ -146,7 +150,6 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
     freed = int(bad.sum())
     if freed == 0:
         return x, AuctionReport(rounds, phases, 0, 0, 0.0, True, v)
-    from immiscible.noise import native
     host = cost.detach().cpu()
     host = np.ascontiguousarray((host if host.dtype in (torch.float32, torch.float64) else host.float()).numpy())
     if native.jv_finish_kernel() is None:  # no C compiler: scipy's exact solver from scratch
@@ -154,7 +157,7 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
         perm = torch.from_numpy(np.asarray(linear_sum_assignment(host)[1], dtype=np.int64)).to(cost.device)
         return perm, AuctionReport(rounds, phases, int((x < 0).sum()), n, 0.0, True, None)
     partial = torch.where(bad, -1, x).cpu().numpy()
-    perm, v = native.finish_jv(host, partial, v.cpu().numpy())
+    perm, v = native.finish_jv(host, partial, v.cpu().numpy(), threads)
     perm, v = torch.from_numpy(perm).to(cost.device), torch.from_numpy(v).to(cost.device)
     worst = float(violations(cost64, perm, v).max())
     return perm, AuctionReport(rounds, phases, int((x < 0).sum()), freed, worst, worst <= CERTIFY_TOL * top, v)

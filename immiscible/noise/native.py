@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 MAX_COST = 1e300  # the kernel's "infinity" is DBL_MAX / 4: every cost and price stays far below it
+SCAN_MIN_N = 2048  # csrc/jv.c's JV_SCAN_MIN_N: a shortest-path scan is split over threads from this many columns on
 SOURCE_DIR = Path(__file__).parent / "csrc"
 SOURCES = ("jv.c", "jv_impl.h")
 # Each tuple is tried in order; the first that compiles is used (the extra x86 flag is gcc/clang-specific).
@@ -183,16 +184,16 @@ def _functions(prefix: str, argtypes: tuple) -> dict | None:
 
 @functools.lru_cache(maxsize=1)
 def jv_kernel():
-    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, arr_passes) -> int``, or None
+    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, arr_passes, threads) -> int``, or None
     (with a warning saying why) when the kernel cannot be built here."""
-    return _functions("jv_solve", (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_int,))
+    return _functions("jv_solve", (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_int, ctypes.c_int))
 
 
 @functools.lru_cache(maxsize=1)
 def jv_finish_kernel():
-    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*) -> int`` (the shortest augmenting
-    paths from a warm start), or None when the kernel cannot be built here."""
-    return _functions("jv_finish", (ctypes.c_int,) + (ctypes.c_void_p,) * 4)
+    """``{np.float32: fn, np.float64: fn}``, each ``fn(n, cost*, x*, y*, v*, threads) -> int`` (the shortest
+    augmenting paths from a warm start), or None when the kernel cannot be built here."""
+    return _functions("jv_finish", (ctypes.c_int,) + (ctypes.c_void_p,) * 4 + (ctypes.c_int,))
 
 
 @functools.lru_cache(maxsize=1)
@@ -202,6 +203,12 @@ def auction_kernel():
     kernels = _functions("auction_solve", (ctypes.c_int,) + (ctypes.c_void_p,) * 4
                          + (ctypes.c_double, ctypes.c_double, ctypes.c_int, ctypes.c_int, ctypes.c_void_p))
     return kernels
+
+
+def check_threads(threads) -> None:
+    """The documented error for a bad thread count."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
 
 
 def solve_auction_cpu(cost: np.ndarray, threads: int = 1, eps_final: float = 1e-4, scaling: float = 8.0,
@@ -214,8 +221,7 @@ def solve_auction_cpu(cost: np.ndarray, threads: int = 1, eps_final: float = 1e-
     kernels = auction_kernel()
     if kernels is None:
         raise RuntimeError("the native assignment kernel is unavailable here (see the warning above)")
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1, got {threads!r}")
+    check_threads(threads)
     n = cost.shape[0]
     x, y = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
     v, stats = np.empty(n, dtype=np.float64), np.zeros(7, dtype=np.int32)
@@ -227,15 +233,16 @@ def solve_auction_cpu(cost: np.ndarray, threads: int = 1, eps_final: float = 1e-
     return x.astype(np.int64), v, dict(zip(keys, stats.tolist()))
 
 
-def finish_jv(cost: np.ndarray, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def finish_jv(cost: np.ndarray, x: np.ndarray, v: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Complete a partial assignment optimally: ``x`` (n,) int, row -> column or -1, ``v`` (n,) float64 column
     prices such that every assigned row's column attains min_j (cost_ij - v_j) in float64 (the caller checks it;
     ``immiscible.noise.auction`` does). ``cost``: C-contiguous float32/float64 (n, n), finite. Returns the optimal
     permutation and the final column prices (for which every row's column attains its row minimum); the GIL is
-    released while it runs."""
+    released while it runs. ``threads``: each shortest-path scan split over that many threads (the same result)."""
     kernels = jv_finish_kernel()
     if kernels is None:
         raise RuntimeError("the native assignment kernel is unavailable here (see the warning above)")
+    check_threads(threads)
     n = cost.shape[0]
     x = np.ascontiguousarray(x, dtype=np.int32).copy()
     v = np.ascontiguousarray(v, dtype=np.float64).copy()
@@ -244,17 +251,18 @@ def finish_jv(cost: np.ndarray, x: np.ndarray, v: np.ndarray) -> tuple[np.ndarra
     if len(np.unique(x[assigned])) != int(assigned.sum()):
         raise ValueError("finish_jv: two rows share a column in the partial assignment")
     y[x[assigned]] = np.nonzero(assigned)[0]
-    status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data)
+    status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data, threads)
     if status != 0:
         raise MemoryError(f"the assignment kernel ran out of memory on a {n}x{n} matrix")
     return x.astype(np.int64), v
 
 
-def solve_jv(cost: np.ndarray, arr_passes: int = 2, check: bool = True) -> np.ndarray:
+def solve_jv(cost: np.ndarray, arr_passes: int = 2, check: bool = True, threads: int = 1) -> np.ndarray:
     """Optimal permutation of a C-contiguous float32/float64 (n, n) matrix, n >= 1. The GIL is released while it
     solves. ``arr_passes``: passes of augmenting row reduction before the shortest paths (2, as in
     Jonker-Volgenant; any value is exact). ``check=False`` skips the input checks (for ``solve_assignment``, which
-    has made them): the kernel needs finite costs below 1e300 in magnitude."""
+    has made them): the kernel needs finite costs below 1e300 in magnitude. ``threads``: each shortest-path scan of
+    the last step split over that many threads (OpenMP; the same result on any number)."""
     kernels = jv_kernel()
     if kernels is None:
         raise RuntimeError("the native assignment kernel is unavailable here (see the warning above); "
@@ -267,9 +275,11 @@ def solve_jv(cost: np.ndarray, arr_passes: int = 2, check: bool = True) -> np.nd
         largest = float(np.abs(cost).max())
         if not largest < MAX_COST:  # also NaN
             raise ValueError(f"solve_jv needs finite costs below {MAX_COST:g} in magnitude, got {largest:.3g}")
+    check_threads(threads)
     n = cost.shape[0]
     x, y, v = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32), np.empty(n, dtype=np.float64)
-    status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data, arr_passes)
+    status = kernels[cost.dtype.type](n, cost.ctypes.data, x.ctypes.data, y.ctypes.data, v.ctypes.data, arr_passes,
+                                      threads)
     if status != 0:
         raise MemoryError(f"the assignment kernel ran out of memory on a {n}x{n} matrix")
     return x.astype(np.int64)

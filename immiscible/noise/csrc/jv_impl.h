@@ -64,7 +64,86 @@ static void JV_NAME(augment)(int n, const JV_COST *C, int *x, int *y, double *v,
     }
 }
 
-int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int arr_passes) {
+static void JV_NAME(augment_threads)(int n, const JV_COST *C, int *x, int *y, double *v, const int *free_rows,
+                                     int nfree, int *ready, int *pred, double *dist, double *ready_dist, int threads) {
+    /* Step 4 with every scan split over `threads` threads (OpenMP): each thread owns a contiguous block of columns,
+       relaxes it, and publishes its block's minimum, the first column attaining it and whether that column is free;
+       every thread then combines the published triples in block order, which gives the first column at the overall
+       minimum. So the arithmetic and every choice are augment's: the same result, bit for bit, on any number of
+       threads. A scan costs one exchange of flags (jv_slot, double-buffered: a thread may publish the next scan
+       while another still reads this one), not an OpenMP barrier, which costs more than a scan of a few thousand
+       columns. Thread 0 updates the prices and flips each path while the others wait. */
+    jv_slot slot[2][JV_MAX_THREADS] __attribute__((aligned(64)));
+    long path_done = 0;
+    for (int u = 0; u < JV_MAX_THREADS; u++) slot[0][u].seq = slot[1][u].seq = 0;
+    #pragma omp parallel num_threads(threads)
+    {
+        const int t = JV_THREAD, nt = JV_THREADS;
+        const int lo = (int)((long)n * t / nt), hi = (int)((long)n * (t + 1) / nt);
+        long scan = 0;  /* scans published so far: the same count on every thread */
+        for (int f = 0; f < nfree; f++) {
+            if (t != 0) jv_wait(&path_done, f);  /* thread 0 has flipped the previous path */
+            int fr = free_rows[f], nready = 0, end, j1 = n;
+            const JV_COST *c = C + (size_t)fr * n;
+            double m = JV_BIG, mn = JV_BIG;
+            for (int j = lo; j < hi; j++) { double d = c[j] - v[j]; dist[j] = d; pred[j] = fr; m = d < m ? d : m; }
+            for (;;) {
+                int k1 = hi;  /* the block's first column at its minimum */
+                for (int j = lo; j < hi; j++) { int k = dist[j] == m ? j : hi; k1 = k < k1 ? k : k1; }
+                jv_slot *mine = &slot[++scan & 1][t];
+                mine->m = m; mine->col = k1; mine->free_col = k1 < hi && y[k1] < 0;
+                __atomic_store_n(&mine->seq, scan, __ATOMIC_RELEASE);
+                int j1_free = 0;
+                mn = JV_BIG; j1 = n;
+                for (int u = 0; u < nt; u++) {
+                    jv_slot *other = &slot[scan & 1][u];
+                    jv_wait(&other->seq, scan);
+                    if (other->m < mn) { mn = other->m; j1 = other->col; j1_free = other->free_col; }
+                }
+                if (j1_free) { end = j1; break; }
+                if (t == 0) { ready_dist[nready] = mn; ready[nready] = j1; }
+                nready++;
+                if (j1 >= lo && j1 < hi) dist[j1] = -JV_BIG;
+                int i = y[j1];
+                const JV_COST *ci = C + (size_t)i * n;
+                double hh = ci[j1] - v[j1] - mn;
+                m = JV_BIG;
+                for (int j = lo; j < hi; j++) {  /* augment's relaxation, on this thread's block */
+                    double d = ci[j] - v[j] - hh, dj = dist[j];
+                    int lt = d < dj;
+                    dj = lt ? d : dj;
+                    dist[j] = dj; pred[j] = lt ? i : pred[j];
+                    double w = dj == -JV_BIG ? JV_BIG : dj;
+                    m = w < m ? w : m;
+                }
+            }
+            if (t == 0) {  /* the others published their last scan (so their pred) and now wait for path_done */
+                for (int k = 0; k < nready; k++) v[ready[k]] += ready_dist[k] - mn;
+                for (;;) {
+                    int i = pred[end], jn = x[i];
+                    y[end] = i; x[i] = end;
+                    if (i == fr) break;
+                    end = jn;
+                }
+                __atomic_store_n(&path_done, (long)f + 1, __ATOMIC_RELEASE);
+            }
+        }
+    }
+}
+
+static void JV_NAME(augment_on)(int n, const JV_COST *C, int *x, int *y, double *v, const int *free_rows, int nfree,
+                                int *ready, int *pred, double *dist, double *ready_dist, int threads) {
+    /* augment, on `threads` threads from JV_SCAN_MIN_N columns on (below that a scan is too short to split), at most
+       one per core (a spinning thread without a core of its own would stall every scan) */
+    if (threads > JV_PROCS) threads = JV_PROCS;
+    if (threads > JV_MAX_THREADS) threads = JV_MAX_THREADS;
+    if (threads > 1 && n >= JV_SCAN_MIN_N)
+        JV_NAME(augment_threads)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist, threads);
+    else
+        JV_NAME(augment)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist);
+}
+
+int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int arr_passes, int threads) {
     /* Optimal assignment of the n x n row-major matrix C: row i gets column x[i], column j row y[j]; v gets the
        column prices. arr_passes: passes of step 3 (2 in the paper; 0 sends every free row to step 4, which
        the tests use to check step 4 on its own). Returns 0, or -1 when memory runs out. */
@@ -122,13 +201,13 @@ int JV_NAME(jv_solve)(int n, const JV_COST *C, int *x, int *y, double *v, int ar
             }
         }
     }
-    JV_NAME(augment)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist);
+    JV_NAME(augment_on)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist, threads);
 done:
     free(free_rows); free(matches); free(ready); free(pred); free(colarg); free(dist); free(h); free(ready_dist);
     return ok ? 0 : -1;
 }
 
-int JV_NAME(jv_finish)(int n, const JV_COST *C, int *x, int *y, double *v) {
+int JV_NAME(jv_finish)(int n, const JV_COST *C, int *x, int *y, double *v, int threads) {
     /* Warm start: x (row -> column or -1), y (column -> row or -1) and the column prices v come from elsewhere (the
        GPU auction's duals); every assigned row must attain its row minimum of C_ij - v_j (the caller checks it in
        the same double arithmetic). Step 4 then assigns the free rows optimally. Returns 0, or -1 without memory. */
@@ -137,7 +216,7 @@ int JV_NAME(jv_finish)(int n, const JV_COST *C, int *x, int *y, double *v) {
     int ok = free_rows && ready && pred && dist && ready_dist, nfree = 0;
     if (ok) {
         for (int i = 0; i < n; i++) if (x[i] < 0) free_rows[nfree++] = i;
-        JV_NAME(augment)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist);
+        JV_NAME(augment_on)(n, C, x, y, v, free_rows, nfree, ready, pred, dist, ready_dist, threads);
     }
     free(free_rows); free(ready); free(pred); free(dist); free(ready_dist);
     return ok ? 0 : -1;
@@ -282,7 +361,7 @@ int JV_NAME(auction_solve)(int n, const JV_COST *C, int *x, int *y, double *v, d
         }
     }
     double t2 = jv_now();
-    JV_NAME(augment)(n, C, x, y, v, free_rows, nf, ready, pred, dist, ready_dist);
+    JV_NAME(augment_on)(n, C, x, y, v, free_rows, nf, ready, pred, dist, ready_dist, threads);
     stats[0] = rounds; stats[1] = phases; stats[2] = left; stats[3] = nf;
     stats[4] = (int)(1e6 * (t1 - t0)); stats[5] = (int)(1e6 * (t2 - t1)); stats[6] = (int)(1e6 * (jv_now() - t2));
 done:
