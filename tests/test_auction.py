@@ -220,3 +220,34 @@ def test_every_solver_with_threads_checks_them(bad):
                  lambda: solve_auction(torch.from_numpy(cost) * 0 + torch.eye(8, dtype=torch.float32), threads=bad)):
         with pytest.raises(ValueError, match="threads must be an integer >= 1"):
             call()
+
+
+@pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied"])
+def test_the_batched_phase_makes_the_same_bids_when_it_checks_every_round(kind):
+    """``auction_phase_batched`` (no host synchronisation per round, for GPUs) with ``check_every=1`` gives exactly
+    ``auction_phase``'s assignment, prices and round count, phase after phase."""
+    from immiscible.noise.auction import auction_phase, auction_phase_batched
+    cost = torch.from_numpy(costs(kind, 300, seed=7)).double()
+    cost = cost - cost.min(1, keepdim=True).values
+    p1, p2 = torch.zeros(300, dtype=torch.float64), torch.zeros(300, dtype=torch.float64)
+    eps = float(cost.max()) / 8
+    for stop_free in (9, 9, 0):
+        x1, r1 = auction_phase(cost, p1, eps, 10_000, stop_free)
+        x2, r2 = auction_phase_batched(cost, p2, eps, 10_000, stop_free, check_every=1)
+        assert torch.equal(x1, x2) and torch.equal(p1, p2) and r1 == r2
+        eps /= 8
+
+
+@needs_kernel
+@pytest.mark.parametrize("check_every", [1, 3, 8])
+@pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied", "large_range"])
+def test_the_batched_auction_reaches_scipys_optimum(kind, check_every):
+    cost = costs(kind, 257, seed=3)
+    perm, report = solve_auction(torch.from_numpy(cost), check_every=check_every)
+    assert sorted(perm.tolist()) == list(range(257)) and report.certified
+    assert total(cost, perm) == pytest.approx(optimum(cost), rel=1e-12, abs=1e-12)
+
+
+def test_check_every_is_checked():
+    with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
+        solve_auction(torch.rand(4, 4), check_every=0)

@@ -19,8 +19,9 @@ from immiscible.noise import native
 from immiscible.noise.assignment import HOST_THREADS_WITH_GPU, image_noise_distance
 from immiscible.noise.auction import solve_auction
 
-SETTINGS = [dict(), dict(threads=HOST_THREADS_WITH_GPU), dict(scaling=4.0), dict(scaling=2.0),
-            dict(scaling=4.0, tail=1 / 8), dict(eps_final=1e-5)]  # threads: the finish's split scans, as training
+# threads: the finish's split scans, as training has them; check_every: the phase without a sync per round
+SETTINGS = [dict(), dict(threads=HOST_THREADS_WITH_GPU), dict(check_every=2), dict(check_every=8), dict(scaling=4.0),
+            dict(scaling=2.0), dict(scaling=4.0, tail=1 / 8), dict(eps_final=1e-5)]
 
 
 def main():

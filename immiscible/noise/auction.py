@@ -89,6 +89,56 @@ def auction_phase(cost: torch.Tensor, prices: torch.Tensor, eps: float, max_roun
                        "use solver='jv' on the CPU")
 
 
+def auction_phase_batched(cost: torch.Tensor, prices: torch.Tensor, eps: float, max_rounds: int,
+                          stop_free: int = 0, check_every: int = 8) -> tuple[torch.Tensor, int]:
+    """``auction_phase`` without a host synchronisation per round, for GPUs, where a round is a few microseconds of
+    work but every boolean-mask index waits for the device: the rows that bid are the first ``m`` rows of a stable
+    sort that puts the free rows first (``m``, the free count at the last check, bounds the free count, which never
+    grows within a phase), rows that are not free are masked out, and the winners are written through index
+    tensors whose losers point at a spare slot ``n``. The free count is read every ``check_every`` rounds, so a
+    phase may run up to ``check_every - 1`` rounds past ``stop_free`` (fewer rows left to the finish). With
+    ``check_every=1`` it makes exactly ``auction_phase``'s bids, wins and prices (tested)."""
+    n = cost.shape[0]
+    device = cost.device
+    x = torch.full((n + 1,), -1, dtype=torch.long, device=device)  # row -> column; slot n: the losers' spare
+    y = torch.full((n + 1,), -1, dtype=torch.long, device=device)  # column -> row
+    y[n] = n
+    spare_prices = torch.zeros(n + 1, dtype=prices.dtype, device=device)
+    spare_prices[:n] = prices
+    m, rounds = n, 0
+    while True:
+        if rounds % check_every == 0:
+            m = int((x[:n] < 0).sum())                                      # the one synchronisation
+            if m <= stop_free:
+                break
+            if rounds >= max_rounds:
+                raise RuntimeError(f"the auction did not finish within {max_rounds} rounds at epsilon {eps:.3g}; "
+                                   "use solver='jv' on the CPU")
+        rounds += 1
+        rows = torch.sort((x[:n] >= 0).to(torch.uint8), stable=True).indices[:m]  # free rows first, by index
+        active = x[rows] < 0
+        values = cost[rows] + spare_prices[:n]                              # (m, n) float64
+        best2, cols2 = values.topk(2, dim=1, largest=False)
+        target = cols2[:, 0]
+        bid = spare_prices[target] + (best2[:, 1] - best2[:, 0]) + eps
+        bid = torch.where(active, bid, -torch.inf)
+        top = torch.full((n,), -torch.inf, dtype=bid.dtype, device=device).scatter_reduce(0, target, bid, "amax")
+        wins = active & (bid == top[target])
+        first = torch.full((n,), n, dtype=torch.long, device=device).scatter_reduce(
+            0, target, torch.where(wins, rows, n), "amin")
+        wins &= rows == first[target]                                       # one winner per column
+        cols = torch.where(wins, target, n)
+        won = torch.where(wins, rows, n)
+        evicted = y[cols]                                                   # -1: the column was free; n: a loser
+        x[torch.where(evicted >= 0, evicted, n)] = -1
+        y[cols] = won
+        x[won] = cols
+        spare_prices[cols] = torch.where(wins, top[target], spare_prices[cols])
+        y[n], x[n] = n, -1
+    prices.copy_(spare_prices[:n])
+    return x[:n].clone(), rounds
+
+
 def max_violation(cost: torch.Tensor, perm: torch.Tensor, v: torch.Tensor) -> float:
     """The certificate of ``perm`` for the duals ``v``: 0 (up to float64 rounding) proves ``perm`` optimal for
     ``cost``; a positive value bounds its total's excess over the optimum by B times it."""
@@ -104,7 +154,8 @@ def violations(cost64: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.
 
 
 def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 8.0, tail: float = 1 / 32,
-                  max_rounds: int = 100_000, threads: int = 1) -> tuple[torch.Tensor, AuctionReport]:
+                  max_rounds: int = 100_000, threads: int = 1,
+                  check_every: int | None = None) -> tuple[torch.Tensor, AuctionReport]:
     """Optimal permutation ``perm`` (long, on cost's device: row i gets column perm[i]) of a square cost matrix,
     and an ``AuctionReport``. The auction runs on the matrix's device in float64 and provides the duals; the
     result is certified for the float64 values of ``cost`` (module docstring).
@@ -114,7 +165,10 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
     stops once at most this fraction of the rows is still free (the last rounds of an auction phase are long
     price wars between few rows; the CPU finish assigns those rows from the duals in a fraction of the time). Any
     setting gives the optimum: they only move work between the auction and the CPU finish. ``threads``: the CPU
-    finish's shortest-path scans split over that many host threads (the same result on any number)."""
+    finish's shortest-path scans split over that many host threads (the same result on any number).
+    ``check_every``: None runs ``auction_phase`` (a host synchronisation per round); an integer runs
+    ``auction_phase_batched``, which reads the free count every ``check_every`` rounds (meant for GPUs, where the
+    synchronisations set a floor under a round's time; not yet timed on one)."""
     check_cost(cost)
     from immiscible.noise import native
     native.check_threads(threads)
@@ -128,6 +182,10 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
         raise ValueError(f"eps_final must lie in (0, 1) (relative to the largest reduced cost), got {eps_final}")
     if not 0 <= tail < 1:
         raise ValueError(f"tail must lie in [0, 1) (the fraction of rows a phase may leave free), got {tail}")
+    if check_every is not None and (isinstance(check_every, bool) or not isinstance(check_every, int)
+                                    or check_every < 1):
+        raise ValueError(f"check_every must be an integer >= 1 (rounds between reads of the free count) or None, "
+                         f"got {check_every!r}")
     cost64 = cost.double()
     reduced = cost64 - cost64.min(dim=1, keepdim=True).values
     col_min = reduced.min(dim=0).values
@@ -138,7 +196,10 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
     prices = torch.zeros(n, dtype=torch.float64, device=cost.device)
     eps, rounds, phases, stop_free = top / scaling, 0, 0, int(tail * n)
     while True:
-        x, r = auction_phase(reduced, prices, eps, max_rounds, stop_free)
+        if check_every is None:
+            x, r = auction_phase(reduced, prices, eps, max_rounds, stop_free)
+        else:
+            x, r = auction_phase_batched(reduced, prices, eps, max_rounds, stop_free, check_every)
         rounds, phases = rounds + r, phases + 1
         if eps <= top * eps_final:
             break
