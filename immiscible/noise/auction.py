@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from immiscible.noise import native
+
 
 CERTIFY_TOL = 1e-9  # largest row violation, relative to the reduced matrix's largest entry, still called certified
 
@@ -170,7 +172,6 @@ def solve_auction(cost: torch.Tensor, eps_final: float = 1e-4, scaling: float = 
     ``auction_phase_batched``, which reads the free count every ``check_every`` rounds (meant for GPUs, where the
     synchronisations set a floor under a round's time; not yet timed on one)."""
     check_cost(cost)
-    from immiscible.noise import native
     native.check_threads(threads)
     n = cost.shape[0]
     if n == 1:

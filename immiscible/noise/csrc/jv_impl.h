@@ -26,6 +26,50 @@ static void JV_NAME(row_min2)(const JV_COST *restrict c, const double *restrict 
     *m1 = a; *j1 = ja; *m2 = b; *j2 = jb < n ? jb : -1;
 }
 
+/* Step 4's pieces, on the columns [lo, hi) of a scan (all of them with one thread, a block with several): */
+static inline double JV_NAME(path_start)(const JV_COST *restrict c, const double *restrict v, double *restrict dist,
+                                         int *restrict pred, int fr, int lo, int hi) {
+    /* a path from free row fr: dist = C_fr - v, every column reached from fr; returns the minimum */
+    double m = JV_BIG;
+    for (int j = lo; j < hi; j++) { double d = c[j] - v[j]; dist[j] = d; pred[j] = fr; m = d < m ? d : m; }
+    return m;
+}
+
+static inline int JV_NAME(first_at)(const double *restrict dist, double m, int lo, int hi) {
+    /* the first column at distance m (hi if none) */
+    int k1 = hi;
+    for (int j = lo; j < hi; j++) { int k = dist[j] == m ? j : hi; k1 = k < k1 ? k : k1; }
+    return k1;
+}
+
+static inline double JV_NAME(relax)(const JV_COST *restrict ci, const double *restrict v, double *restrict dist,
+                                    int *restrict pred, int i, double hh, int lo, int hi) {
+    /* relax through row i (hh: its reduced cost's offset), and the next minimum in the same pass; a scanned column
+       holds dist = -JV_BIG, so no relaxation touches it and the minimum skips it */
+    double m = JV_BIG;
+    for (int j = lo; j < hi; j++) {
+        double d = ci[j] - v[j] - hh, dj = dist[j];
+        int lt = d < dj;
+        dj = lt ? d : dj;
+        dist[j] = dj; pred[j] = lt ? i : pred[j];
+        double w = dj == -JV_BIG ? JV_BIG : dj;
+        m = w < m ? w : m;
+    }
+    return m;
+}
+
+static inline void JV_NAME(path_end)(int *x, int *y, double *v, const int *pred, const int *ready,
+                                     const double *ready_dist, int nready, double mn, int end, int fr) {
+    /* keep slackness on the scanned columns, then flip the path back to the free row */
+    for (int k = 0; k < nready; k++) v[ready[k]] += ready_dist[k] - mn;
+    for (;;) {
+        int i = pred[end], jn = x[i];
+        y[end] = i; x[i] = end;
+        if (i == fr) break;
+        end = jn;
+    }
+}
+
 static void JV_NAME(augment)(int n, const JV_COST *C, int *x, int *y, double *v, const int *free_rows, int nfree,
                             int *ready, int *pred, double *dist, double *ready_dist) {
     /* 4. Shortest augmenting path from each free row. dist_j is the path length to column j; a scanned column
@@ -33,34 +77,16 @@ static void JV_NAME(augment)(int n, const JV_COST *C, int *x, int *y, double *v,
           Exact from any state in which every assigned row's column attains min_j (C_ij - v_j). */
     for (int f = 0; f < nfree; f++) {
         int fr = free_rows[f], nready = 0, end;
-        const JV_COST *c = C + (size_t)fr * n;
-        double mn = JV_BIG;
-        for (int j = 0; j < n; j++) { double t = c[j] - v[j]; dist[j] = t; pred[j] = fr; mn = t < mn ? t : mn; }
+        double mn = JV_NAME(path_start)(C + (size_t)fr * n, v, dist, pred, fr, 0, n);
         for (;;) {
-            int j1 = n;  /* the first unscanned column at the minimal distance */
-            for (int j = 0; j < n; j++) { int k = dist[j] == mn ? j : n; j1 = k < j1 ? k : j1; }
+            int j1 = JV_NAME(first_at)(dist, mn, 0, n);  /* the first unscanned column at the minimal distance */
             if (y[j1] < 0) { end = j1; break; }
             dist[j1] = -JV_BIG; ready_dist[nready] = mn; ready[nready++] = j1;
             int i = y[j1];
             const JV_COST *ci = C + (size_t)i * n;
-            double hh = ci[j1] - v[j1] - mn, m = JV_BIG;
-            for (int j = 0; j < n; j++) {  /* relax through row i, and the next minimum in the same pass */
-                double t = ci[j] - v[j] - hh, dj = dist[j];
-                int lt = t < dj;
-                dj = lt ? t : dj;
-                dist[j] = dj; pred[j] = lt ? i : pred[j];
-                double w = dj == -JV_BIG ? JV_BIG : dj;
-                m = w < m ? w : m;
-            }
-            mn = m;
+            mn = JV_NAME(relax)(ci, v, dist, pred, i, ci[j1] - v[j1] - mn, 0, n);
         }
-        for (int k = 0; k < nready; k++) v[ready[k]] += ready_dist[k] - mn;  /* keep slackness on the scanned */
-        for (;;) {  /* flip the path back to the free row */
-            int i = pred[end], jn = x[i];
-            y[end] = i; x[i] = end;
-            if (i == fr) break;
-            end = jn;
-        }
+        JV_NAME(path_end)(x, y, v, pred, ready, ready_dist, nready, mn, end, fr);
     }
 }
 
@@ -84,12 +110,9 @@ static void JV_NAME(augment_threads)(int n, const JV_COST *C, int *x, int *y, do
         for (int f = 0; f < nfree; f++) {
             if (t != 0) jv_wait(&path_done, f);  /* thread 0 has flipped the previous path */
             int fr = free_rows[f], nready = 0, end, j1 = n;
-            const JV_COST *c = C + (size_t)fr * n;
-            double m = JV_BIG, mn = JV_BIG;
-            for (int j = lo; j < hi; j++) { double d = c[j] - v[j]; dist[j] = d; pred[j] = fr; m = d < m ? d : m; }
+            double m = JV_NAME(path_start)(C + (size_t)fr * n, v, dist, pred, fr, lo, hi), mn = JV_BIG;
             for (;;) {
-                int k1 = hi;  /* the block's first column at its minimum */
-                for (int j = lo; j < hi; j++) { int k = dist[j] == m ? j : hi; k1 = k < k1 ? k : k1; }
+                int k1 = JV_NAME(first_at)(dist, m, lo, hi);  /* the block's first column at its minimum */
                 jv_slot *mine = &slot[++scan & 1][t];
                 mine->m = m; mine->col = k1; mine->free_col = k1 < hi && y[k1] < 0;
                 __atomic_store_n(&mine->seq, scan, __ATOMIC_RELEASE);
@@ -106,25 +129,10 @@ static void JV_NAME(augment_threads)(int n, const JV_COST *C, int *x, int *y, do
                 if (j1 >= lo && j1 < hi) dist[j1] = -JV_BIG;
                 int i = y[j1];
                 const JV_COST *ci = C + (size_t)i * n;
-                double hh = ci[j1] - v[j1] - mn;
-                m = JV_BIG;
-                for (int j = lo; j < hi; j++) {  /* augment's relaxation, on this thread's block */
-                    double d = ci[j] - v[j] - hh, dj = dist[j];
-                    int lt = d < dj;
-                    dj = lt ? d : dj;
-                    dist[j] = dj; pred[j] = lt ? i : pred[j];
-                    double w = dj == -JV_BIG ? JV_BIG : dj;
-                    m = w < m ? w : m;
-                }
+                m = JV_NAME(relax)(ci, v, dist, pred, i, ci[j1] - v[j1] - mn, lo, hi);
             }
             if (t == 0) {  /* the others published their last scan (so their pred) and now wait for path_done */
-                for (int k = 0; k < nready; k++) v[ready[k]] += ready_dist[k] - mn;
-                for (;;) {
-                    int i = pred[end], jn = x[i];
-                    y[end] = i; x[i] = end;
-                    if (i == fr) break;
-                    end = jn;
-                }
+                JV_NAME(path_end)(x, y, v, pred, ready, ready_dist, nready, mn, end, fr);
                 __atomic_store_n(&path_done, (long)f + 1, __ATOMIC_RELEASE);
             }
         }
