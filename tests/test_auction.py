@@ -222,26 +222,96 @@ def test_every_solver_with_threads_checks_them(bad):
             call()
 
 
+def textbook_phase(cost, prices, eps, stop_free, max_rounds=None):
+    """The Jacobi auction phase as written in the textbook: the free rows found by a mask every round, each bids for
+    its cheapest column, each column goes to its highest bid (ties: the lowest row). It stops once at most
+    ``stop_free`` rows are free or after ``max_rounds`` rounds."""
+    n = cost.shape[0]
+    x = torch.full((n,), -1, dtype=torch.long)
+    y = torch.full((n,), -1, dtype=torch.long)
+    rounds = 0
+    while True:
+        free = torch.arange(n)[x < 0]
+        if free.numel() <= stop_free or rounds == max_rounds:
+            return x, rounds
+        rounds += 1
+        best2, cols2 = (cost[free] + prices).topk(2, dim=1, largest=False)
+        target = cols2[:, 0]
+        bid = prices[target] + (best2[:, 1] - best2[:, 0]) + eps
+        for col in target.unique().tolist():
+            bidders = (target == col).nonzero().squeeze(1)
+            winner = bidders[bid[bidders] == bid[bidders].max()][0]   # the lowest row among the highest bids
+            if y[col] >= 0:
+                x[y[col]] = -1
+            x[free[winner]], y[col], prices[col] = col, free[winner], bid[winner]
+
+
 @pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied"])
-def test_the_batched_phase_makes_the_same_bids_when_it_checks_every_round(kind):
-    """``auction_phase_batched`` (no host synchronisation per round, for GPUs) with ``check_every=1`` gives exactly
-    ``auction_phase``'s assignment, prices and round count, phase after phase."""
-    from immiscible.noise.auction import auction_phase, auction_phase_batched
+def test_a_phase_makes_the_textbook_bids(kind):
+    """``auction_phase`` (free rows in slots, no host synchronisation within a round) with ``check_every=1`` gives
+    exactly the textbook phase's assignment, prices and round count, phase after phase. With a larger
+    ``check_every`` (or while the bids are dense) only the stop moves: it stops at the first read at or after the
+    textbook's stop, where it holds exactly the textbook's state after as many rounds."""
+    from immiscible.noise.auction import auction_phase
     cost = torch.from_numpy(costs(kind, 300, seed=7)).double()
     cost = cost - cost.min(1, keepdim=True).values
-    p1, p2 = torch.zeros(300, dtype=torch.float64), torch.zeros(300, dtype=torch.float64)
-    eps = float(cost.max()) / 8
-    for stop_free in (9, 9, 0):
-        x1, r1 = auction_phase(cost, p1, eps, 10_000, stop_free)
-        x2, r2 = auction_phase_batched(cost, p2, eps, 10_000, stop_free, check_every=1)
-        assert torch.equal(x1, x2) and torch.equal(p1, p2) and r1 == r2
-        eps /= 8
+    for check_every, dense_entries in ((1, 1 << 22), (3, 1 << 22), (8, 1 << 22), (8, 1)):
+        p1, p2 = torch.zeros(300, dtype=torch.float64), torch.zeros(300, dtype=torch.float64)
+        eps = float(cost.max()) / 8
+        for stop_free in (9, 9, 0):
+            _, r1 = textbook_phase(cost, p1.clone(), eps, stop_free)
+            x2, r2 = auction_phase(cost, p2, eps, 10_000, stop_free, check_every, dense_entries)
+            x1, _ = textbook_phase(cost, p1, eps, -1, max_rounds=r2)
+            assert torch.equal(x1, x2) and torch.equal(p1, p2)
+            assert r1 == r2 if check_every == 1 or dense_entries == 1 else r1 <= r2 < r1 + check_every
+            eps /= 8
+
+
+def test_tail_graphs_replay_the_eager_rounds(monkeypatch):
+    """The plumbing of ``TailGraphs`` without CUDA: with a stand-in graph whose replay runs the captured rounds
+    eagerly, the padded slots, the shared buffers and the round count give the eager phase's result bit for bit,
+    where every sparse round comes from a graph and where dense rounds come first; a graph is captured once per
+    padded size."""
+    from immiscible.noise import auction
+    captures = []
+
+    class Replay:
+        def __init__(self, state, buf):
+            self.state, self.buf = state, buf
+
+        def replay(self):
+            for _ in range(self.state.rounds):
+                auction.auction_round(self.state.cost, self.state.p, self.state.y, self.buf, self.state.eps)
+
+    def capture(state, m):
+        captures.append(m)
+        buf = torch.full((m,), state.n, dtype=torch.long)
+        return Replay(state, buf), buf
+
+    monkeypatch.setattr(auction.TailGraphs, "capture", capture)
+    n = 300
+    cost = torch.from_numpy(costs("cifar_like", n, seed=5)).double()
+    cost = cost - cost.min(1, keepdim=True).values
+    for check_every, dense_entries in ((1, 1 << 22), (3, 1 << 22), (8, 1 << 22), (8, 64 * n)):
+        state = auction.TailGraphs(torch.device("cpu"), n, check_every)
+        state.cost.copy_(cost)
+        p1, p2 = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+        eps = float(cost.max()) / 8
+        captures.clear()
+        for stop_free in (9, 0):
+            x1, r1 = auction.auction_phase(cost, p1, eps, 10_000, stop_free, check_every, dense_entries)
+            x2, r2 = auction.auction_phase(state.cost, p2, eps, 10_000, stop_free, check_every, dense_entries,
+                                           graphs=state)
+            assert torch.equal(x1, x2) and torch.equal(p1, p2) and r1 == r2
+            eps /= 8
+        assert captures and len(captures) == len(set(captures)) and all(m & (m - 1) == 0 for m in captures)
+        assert (max(captures) <= 64) == (dense_entries == 64 * n)  # dense rounds (64+ free rows) stay eager
 
 
 @needs_kernel
 @pytest.mark.parametrize("check_every", [1, 3, 8])
 @pytest.mark.parametrize("kind", ["random", "cifar_like", "duplicated_rows", "tied", "large_range"])
-def test_the_batched_auction_reaches_scipys_optimum(kind, check_every):
+def test_the_auction_reaches_scipys_optimum_on_any_check_interval(kind, check_every):
     cost = costs(kind, 257, seed=3)
     perm, report = solve_auction(torch.from_numpy(cost), check_every=check_every)
     assert sorted(perm.tolist()) == list(range(257)) and report.certified
@@ -251,3 +321,9 @@ def test_the_batched_auction_reaches_scipys_optimum(kind, check_every):
 def test_check_every_is_checked():
     with pytest.raises(ValueError, match="check_every must be an integer >= 1"):
         solve_auction(torch.rand(4, 4), check_every=0)
+
+
+def test_graphs_need_a_cuda_cost_matrix():
+    for n in (1, 4):
+        with pytest.raises(ValueError, match="graphs=True replays CUDA graphs: it needs the cost matrix on a CUDA"):
+            solve_auction(torch.rand(n, n), graphs=True)

@@ -63,6 +63,26 @@ def test_auction_on_cuda_reaches_the_optimum_and_stays_on_the_device(B, monkeypa
         assert c64[np.arange(B), auto.cpu().numpy()].sum() == pytest.approx(c64[r, c].sum(), rel=1e-3)
 
 
+@pytest.mark.parametrize("check_every", [1, 8])
+def test_auction_rounds_from_cuda_graphs_are_the_eager_rounds(check_every):
+    """``graphs=True`` replays the sparse rounds from CUDA graphs: the same permutation, duals and rounds as the
+    eager rounds, and a second solve of the same size (new costs, the graphs replayed, not captured again) too."""
+    from immiscible.noise import auction
+    from immiscible.noise.assignment import image_noise_distance
+    captured = []  # per solve: the id of the graph of each padded number of slots
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        x0 = (torch.rand((1024, 3, 32, 32), generator=g) * 2 - 1).cuda().half()
+        cost = image_noise_distance(x0, torch.randn(x0.shape, generator=g).cuda().half(), dtype=torch.float32)
+        perm, report = auction.solve_auction(cost, check_every=check_every)
+        perm_g, report_g = auction.solve_auction(cost, check_every=check_every, graphs=True)
+        assert torch.equal(perm, perm_g) and torch.equal(report.duals, report_g.duals)
+        assert (report.rounds, report.freed) == (report_g.rounds, report_g.freed) and report_g.certified
+        state = next(iter(auction._TAIL_GRAPHS.values()))
+        captured.append({m: id(graph) for m, (graph, _) in state.graphs.items()})
+    assert captured[0] and all(captured[1][m] == graph for m, graph in captured[0].items())  # replayed, not recaptured
+
+
 def test_gpu_training_thread_and_inline_see_the_same_assigned_noise(tmp_path, monkeypatch):
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)

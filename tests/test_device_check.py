@@ -81,3 +81,9 @@ def test_timing_reductions_are_reproducible():
             for _ in range(2)]
     assert runs[0].delta_mean_distance_pct.tolist() == runs[1].delta_mean_distance_pct.tolist()
     assert (runs[0].delta_mean_distance_pct < 0).all()
+
+
+def test_timing_skips_the_cuda_only_method_on_the_cpu(capsys):
+    from immiscible.experiments.timing import time_assignment
+    df = time_assignment(["exact_auction_graphs", "greedy"], [16], dim=48, repeats=1)
+    assert list(df.method) == ["greedy"] and "exact_auction_graphs" in capsys.readouterr().out

@@ -74,8 +74,8 @@ if [ ! -f "$data/cifar10/train.npz" ] && [ -n "${CIFAR10_ARCHIVE:-}" ]; then  # 
 fi
 part pytest_cuda 120 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_assignment.py tests/test_cuda.py
 part auction 90 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_auction.py tests/test_cuda.py -k auction
-part auction_profile 120 "$py" tools/auction_profile.py --data-dir "$data" --out "$out/auction_profile.csv" \
-  --batch-sizes 1024 2048 4096 8192 --tune-at 1024 4096 --host-threads 1 4 16
+part auction_profile 180 "$py" tools/auction_profile.py --data-dir "$data" --out "$out/auction_profile.csv" \
+  --batch-sizes 1024 2048 4096 8192 --tune-at 1024 4096 8192 --host-threads 1 4 16
 part timing 180 "$py" -m immiscible.experiments.timing --group assignment_timing_cuda --data-dir "$data" --output-dir "$out"
 part bench 150 "$py" -m immiscible.experiments.bench --profile paper --batch-sizes 128 512 --steps 10 --repeats 1 \
   --data-dir "$data" --out "$out/assignment_overhead_cuda.csv"

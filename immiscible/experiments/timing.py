@@ -14,6 +14,8 @@ Methods timed here:
     exact_auction the same optimum from the certified auction on the tensors' device (``immiscible.noise.auction``):
                  fp32 distances and the solve on the GPU, rows failing the float64 certificate finished by ``jv``
                  (on the host threads that training would use, ``host_threads``)
+    exact_auction_graphs  the same on CUDA with the free count read every 8 rounds once few rows are free, those
+                 rounds replayed from CUDA graphs (``solve_auction(check_every=8, graphs=True)``; CUDA only)
     exact_lap    the same optimum from the ``lap`` package's Jonker-Volgenant solver (float64)
     exact_scipy  the same optimum from scipy's linear_sum_assignment on the raw L2 matrix (the plain baseline)
     quantized    the official code's fp16 distances of 0.1-scaled tensors, scipy solve
@@ -47,8 +49,9 @@ from immiscible.noise.source import KNN_K
 from immiscible.experiments.paper import PAPER_TIME_MS
 from immiscible.io import atomic_savefig
 
-TIMING_METHODS = ("exact", "exact_threads", "exact_jv", "exact_jv_threads", "exact_auction", "exact_lap",
-                  "exact_scipy", "quantized", "greedy", "knn")
+TIMING_METHODS = ("exact", "exact_threads", "exact_jv", "exact_jv_threads", "exact_auction", "exact_auction_graphs",
+                  "exact_lap", "exact_scipy", "quantized", "greedy", "knn")
+CUDA_ONLY = ("exact_auction_graphs",)  # skipped, with a note, where the device is not a GPU
 # The ``optimality`` column: how a method's permutation relates to the optimum of its distance matrix
 OPTIMALITY = {"exact": "exact solver", "exact_threads": "exact solver", "exact_jv": "exact solver",
               "exact_jv_threads": "exact solver", "exact_lap": "exact solver", "exact_scipy": "exact solver",
@@ -87,9 +90,10 @@ def _solve(method: str, x0: torch.Tensor, noise: torch.Tensor, device: str, knn_
         generator = torch.Generator(x0.device).manual_seed(seed)  # seeded: the table's reduction is reproducible
         out, ms = _timed(lambda: knn_noise(x0, knn_k, generator=generator), device)
         return out, float("nan"), ms, OPTIMALITY[method]
-    if method == "exact_auction":  # everything on the device: fp32 distances, the certified auction
+    if method in ("exact_auction", "exact_auction_graphs"):  # on the device: fp32 distances, the certified auction
+        options = dict(check_every=8, graphs=True) if method == "exact_auction_graphs" else {}
         cost, distance_ms = _timed(lambda: image_noise_distance(x0, noise, dtype=torch.float32), device)
-        (perm, report), assign_ms = _timed(lambda: solve_auction(cost, threads=host_threads(x0)), device)
+        (perm, report), assign_ms = _timed(lambda: solve_auction(cost, threads=host_threads(x0), **options), device)
         return noise[perm], distance_ms, assign_ms, "certified" if report.certified else "not certified"
     if method == "quantized":
         def dist():
@@ -124,8 +128,8 @@ def _solver_name(method: str) -> str:
         threads = f" ({os.cpu_count() or 1} threads)" if method == "exact_threads" else ""
         return ("auction" if native.auction_kernel() is not None else "lap") + threads
     return {"exact_jv": "jv", "exact_jv_threads": f"jv ({os.cpu_count() or 1} threads)",
-            "exact_auction": "auction (GPU)", "exact_lap": "lap", "exact_scipy": "scipy",
-            "quantized": "scipy"}.get(method, method)
+            "exact_auction": "auction (GPU)", "exact_auction_graphs": "auction (GPU, graphs)", "exact_lap": "lap",
+            "exact_scipy": "scipy", "quantized": "scipy"}.get(method, method)
 
 
 def _batch(images: torch.Tensor | None, B: int, dim: int, seed: int, repeat: int, device: str, dtype: torch.dtype):
@@ -170,13 +174,17 @@ def time_assignment(methods: list[str], batch_sizes: list[int], dim: int = 3072,
         dim = images.shape[1]
         if len(images) < max(batch_sizes):
             raise ValueError(f"{len(images)} images given but the largest batch size is {max(batch_sizes)}")
+    if not device.startswith("cuda") and any(m in CUDA_ONLY for m in methods):
+        tqdm.write(f"skipped on {device}: {[m for m in methods if m in CUDA_ONLY]} (CUDA graphs, CUDA only)")
+        methods = [m for m in methods if m not in CUDA_ONLY]
     hw = hardware_description(device)
     rows = []
     for B in tqdm(batch_sizes, desc="assignment timing"):
         for method in methods:
             if B > (max_batch or {}).get(method, B):
                 continue
-            if B <= 1024:   # warm-up (allocators, BLAS threads, CUDA kernels)
+            if B <= 1024 or method == "exact_auction_graphs":  # warm-up (allocators, BLAS threads, CUDA kernels;
+                # the graphs' capture, once per batch size in a training run)
                 _solve(method, *_batch(images, B, dim, seed, 0, device, dtypes[dtype]), device, knn_k, seed)
             runs, start = [], time.perf_counter()
             while len(runs) < repeats and (not runs or time.perf_counter() - start < max_seconds):
