@@ -14,9 +14,12 @@ from immiscible.engine.loop import train
 from immiscible.engine.side_by_side import train_side_by_side
 
 RUNS = (("vanilla", 0), ("exact", 1), ("knn", 2))
-# vmap: 6 AdamW steps at lr 1e-3 from the same weights; float32 rounding of other kernels, amplified by Adam's
-# normalisation of tiny gradients, moved no weight by more than 4.2e-5 when this was written
-VMAP_WEIGHT_TOLERANCE = 2e-4
+# vmap: 6 AdamW steps at lr 1e-3 from the same weights. The float32 rounding of other kernels is amplified by Adam's
+# normalisation where a gradient is tiny, so a weight may move apart by up to a whole step: 4.2e-5 at most on the
+# host where this was written; on an AMD EPYC host one weight of 263,603 moved 2.4e-4 (within the first 3 steps)
+# while the mean difference stayed 1e-7. Two different runs differ by far more on both counts (tested).
+VMAP_WEIGHT_TOLERANCE = 1e-3  # the largest |difference| of one weight: one AdamW step at lr 1e-3
+VMAP_MEAN_TOLERANCE = 1e-6    # the mean |difference| over all weights
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +34,22 @@ def configs(root: Path, **overrides) -> list[TrainConfig]:
     return [replace(base, method=m, seed=s, output_dir=str(root / f"{m}-{s}")) for m, s in RUNS]
 
 
-def max_weight_difference(a: Path, b: Path) -> float:
+def weight_differences(a: Path, b: Path) -> tuple[float, float]:
+    """The largest and the mean |difference| between two weight files' entries."""
     wa, wb = load_file(a), load_file(b)
     assert wa.keys() == wb.keys()
-    return max(float((wa[k] - wb[k]).abs().max()) for k in wa)
+    d = torch.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in wa])
+    return float(d.max()), float(d.mean())
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    return weight_differences(a, b)[0]
+
+
+def assert_vmap_close(a: Path, b: Path, *what) -> None:
+    """Weights trained side by side in vmap mode match the single run's up to float32 rounding (see the tolerances)."""
+    largest, mean = weight_differences(a, b)
+    assert largest <= VMAP_WEIGHT_TOLERANCE and mean <= VMAP_MEAN_TOLERANCE, (*what, largest, mean)
 
 
 def timeless(records: list[dict]) -> list[dict]:
@@ -70,8 +85,7 @@ def test_vmap_mode_equals_single_runs_within_tolerance_with_the_same_assignments
     assert {s["stack"] for s in summaries} == {"vmap"} and all(s["runs_side_by_side"] == 3 for s in summaries)
     for single, together in zip(single_runs, configs(tmp_path)):
         for f in FILES:
-            d = max_weight_difference(Path(single.output_dir) / f, Path(together.output_dir) / f)
-            assert d <= VMAP_WEIGHT_TOLERANCE, (single.method, f, d)
+            assert_vmap_close(Path(single.output_dir) / f, Path(together.output_dir) / f, single.method, f)
         a, b = log(single.output_dir), log(together.output_dir)
         # the assigned pairs are the same: the mean distance of the assigned pairs, step by step
         assert [r["dist_after"] for r in a] == [r["dist_after"] for r in b]
@@ -86,7 +100,9 @@ def test_vmap_runs_differ_from_each_other(tmp_path, images):
     cfgs = configs(tmp_path, steps=3)
     train_side_by_side(cfgs, images=images, stack="vmap")
     finals = [Path(c.output_dir) / "snapshots/ema-0000003.safetensors" for c in cfgs]
-    assert min(max_weight_difference(a, b) for a in finals for b in finals if a != b) > 1e-3
+    apart = [weight_differences(a, b) for a in finals for b in finals if a != b]
+    assert min(largest for largest, _ in apart) > 10 * VMAP_WEIGHT_TOLERANCE
+    assert min(mean for _, mean in apart) > 1000 * VMAP_MEAN_TOLERANCE
 
 
 @pytest.mark.parametrize("stack", ["loop", "vmap"])
@@ -116,8 +132,7 @@ def test_a_side_by_side_checkpoint_resumes_as_a_single_run(tmp_path, images, sin
     cfgs = configs(tmp_path)
     train_side_by_side([replace(c, steps=3) for c in cfgs], images=images, stack="vmap")
     train(cfgs[1], images=images)  # the single engine continues the stacked run's checkpoint
-    d = max_weight_difference(Path(single_runs[1].output_dir) / FILES[0], Path(cfgs[1].output_dir) / FILES[0])
-    assert d <= VMAP_WEIGHT_TOLERANCE
+    assert_vmap_close(Path(single_runs[1].output_dir) / FILES[0], Path(cfgs[1].output_dir) / FILES[0])
 
 
 def test_runs_of_different_settings_are_refused(tmp_path, images):
@@ -144,8 +159,10 @@ def test_consistency_runs_side_by_side_equal_single_runs(tmp_path, images):
         together = configs(tmp_path / stack)
         train_side_by_side(together, images=images, stack=stack, loss=make_consistency_loss(ct, together[0].steps))
         for a, b in zip(single, together):
-            d = max_weight_difference(Path(a.output_dir) / FILES[0], Path(b.output_dir) / FILES[0])
-            assert (d == 0.0) if stack == "loop" else (d <= VMAP_WEIGHT_TOLERANCE), (stack, a.method, d)
+            if stack == "loop":
+                assert max_weight_difference(Path(a.output_dir) / FILES[0], Path(b.output_dir) / FILES[0]) == 0.0
+            else:
+                assert_vmap_close(Path(a.output_dir) / FILES[0], Path(b.output_dir) / FILES[0], stack, a.method)
 
 
 def test_a_run_without_the_common_checkpoint_is_refused(tmp_path, images):
